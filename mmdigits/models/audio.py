@@ -1,0 +1,271 @@
+"""Audio (MFCC sequence) encoders: ``forward(x (B,T,in_dim), lengths (B,)) -> (B, out_dim)``.
+
+All encoders are padding invariant: features of an utterance do not depend on how far (or with what)
+the batch is padded past its length. Conv encoders re-zero padded frames after every layer (masked
+batch norm), use 'same' padding, track lengths through strides and pool only over valid frames;
+recurrent encoders use packed sequences; the transformer uses a key padding mask.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .layers import MaskedBatchNorm, conv_out_lengths, lengths_to_mask, masked_mean, masked_pool, pool_width
+
+
+def _run_rnn(rnn: nn.RNNBase, x: Tensor, lengths: Tensor, pool: str) -> Tensor:
+    """Packed RNN over x (B,T,C); 'last' -> final hidden state (both directions), 'mean' -> masked mean."""
+    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    out, h = rnn(packed)
+    if pool == "mean":
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return masked_mean(out, lengths_to_mask(lengths, x.shape[1]))
+    if pool != "last":
+        raise ValueError(f"unknown rnn pooling {pool!r}")
+    h = h[0] if isinstance(h, tuple) else h  # LSTM -> (h, c)
+    dirs = 2 if rnn.bidirectional else 1
+    return torch.cat(list(h[-dirs:]), dim=-1)
+
+
+class LSTMEncoder(nn.Module):
+    """Packed (bi)LSTM; output = final hidden state(s), optionally followed by a dense stack.
+
+    ``out_dim`` = ``mlp_dims[-1]`` if ``mlp_dims`` else ``hidden * (2 if bidirectional else 1)``.
+    The seed notebook (LSTM(50) -> BN -> ReLU -> Dropout(.2) -> Dense(256) -> BN -> ReLU -> Dropout(.2)
+    -> Dense(128, relu)) is ``LSTMEncoder(hidden=50, mlp_dims=[256, 128])``.
+    """
+
+    def __init__(
+        self,
+        in_dim: int = 13,
+        hidden: int = 64,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        mlp_dims: Sequence[int] | None = None,
+        mlp_dropout: float = 0.2,
+        batchnorm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(
+            in_dim,
+            hidden,
+            num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        d = hidden * (2 if bidirectional else 1)
+        layers: list[nn.Module] = []
+        if mlp_dims:
+            layers += [nn.BatchNorm1d(d)] if batchnorm else []
+            layers += [nn.ReLU(), nn.Dropout(mlp_dropout)]
+            for i, h in enumerate(mlp_dims):
+                layers.append(nn.Linear(d, h))
+                if i < len(mlp_dims) - 1:
+                    layers += [nn.BatchNorm1d(h)] if batchnorm else []
+                    layers += [nn.ReLU(), nn.Dropout(mlp_dropout)]
+                else:
+                    layers.append(nn.ReLU())
+                d = h
+        self.head = nn.Sequential(*layers)
+        self.out_dim = d
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        return self.head(_run_rnn(self.rnn, x, lengths, "last"))
+
+
+class MaskedConv1dStack(nn.Module):
+    """Conv1d('same' padding, per-layer stride) -> masked BN -> ReLU -> channel Dropout, exact lengths."""
+
+    def __init__(
+        self, in_dim: int, channels: Sequence[int], kernel_size: int, strides: Sequence[int], dropout: float
+    ) -> None:
+        super().__init__()
+        strides = list(strides) if strides is not None else [1] * len(channels)
+        assert len(strides) == len(channels), "one stride per conv layer"
+        self.k, self.strides = kernel_size, strides
+        dims = [in_dim, *channels]
+        self.convs = nn.ModuleList(
+            nn.Conv1d(a, b, kernel_size, s, padding=kernel_size // 2, bias=False)
+            for a, b, s in zip(dims[:-1], dims[1:], strides)
+        )
+        self.norms = nn.ModuleList(MaskedBatchNorm(c) for c in channels)
+        self.drop = nn.Dropout1d(dropout)  # whole channels: cheap, and keeps padded frames at zero
+        self.out_channels = dims[-1]
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B,T,C) -> (B,T',C') with zeros past the new lengths, and the new lengths."""
+        x = x.transpose(1, 2)
+        x = x * lengths_to_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)
+        for conv, norm, s in zip(self.convs, self.norms, self.strides):
+            x = conv(x)
+            lengths = conv_out_lengths(lengths, self.k, s, self.k // 2)
+            mask = lengths_to_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)
+            x = self.drop(torch.relu(norm(x, mask)))
+        return x.transpose(1, 2), lengths
+
+
+class CNN1dEncoder(nn.Module):
+    """Conv1d stack over time + masked pooling over valid frames.
+
+    ``out_dim`` = ``channels[-1]`` (x2 for ``pool='meanmax'``; default 256).
+    """
+
+    def __init__(
+        self,
+        in_dim: int = 13,
+        channels: Sequence[int] = (64, 128, 128),
+        kernel_size: int = 5,
+        strides: Sequence[int] = (1, 2, 1),
+        dropout: float = 0.1,
+        pool: str = "meanmax",
+    ) -> None:
+        super().__init__()
+        self.convs = MaskedConv1dStack(in_dim, channels, kernel_size, strides, dropout)
+        self.pool = pool
+        self.out_dim = pool_width(self.convs.out_channels, pool)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        h, lengths = self.convs(x, lengths)
+        return masked_pool(h, lengths_to_mask(lengths, h.shape[1]), self.pool)
+
+
+class CRNNEncoder(nn.Module):
+    """Conv1d front end (strided to downsample time) + packed GRU/LSTM.
+
+    ``pool='last'``: final hidden state(s); ``pool='mean'``: masked mean of the RNN outputs.
+    ``out_dim`` = ``hidden * (2 if bidirectional else 1)`` (default 128).
+    """
+
+    def __init__(
+        self,
+        in_dim: int = 13,
+        channels: Sequence[int] = (64, 64),
+        kernel_size: int = 5,
+        strides: Sequence[int] = (1, 2),
+        rnn: str = "gru",
+        hidden: int = 64,
+        num_layers: int = 1,
+        bidirectional: bool = True,
+        pool: str = "last",
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.convs = MaskedConv1dStack(in_dim, channels, kernel_size, strides, dropout)
+        cls = {"gru": nn.GRU, "lstm": nn.LSTM}[rnn]
+        self.rnn = cls(
+            self.convs.out_channels,
+            hidden,
+            num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.pool = pool
+        self.out_dim = hidden * (2 if bidirectional else 1)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        h, lengths = self.convs(x, lengths)
+        return _run_rnn(self.rnn, h, lengths, self.pool)
+
+
+def sinusoidal_positions(T: int, d: int, device: torch.device | None = None) -> Tensor:
+    """(T, d) sinusoidal positional encoding (Vaswani et al. 2017)."""
+    pos = torch.arange(T, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d))
+    pe = torch.zeros(T, d, device=device)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq)[:, : d // 2]
+    return pe
+
+
+class TransformerEncoder(nn.Module):
+    """Linear projection + positional encoding + pre-LN ``nn.TransformerEncoder`` + masked mean pooling.
+
+    ``positional``: 'sinusoidal' (any length) or 'learned' (up to ``max_len`` frames).
+    ``out_dim`` = ``d_model`` (default 64).
+    """
+
+    def __init__(
+        self,
+        in_dim: int = 13,
+        d_model: int = 64,
+        nhead: int = 4,
+        num_layers: int = 2,
+        dim_feedforward: int = 128,
+        dropout: float = 0.1,
+        positional: str = "sinusoidal",
+        max_len: int = 512,
+    ) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_dim, d_model)
+        if positional not in ("sinusoidal", "learned"):
+            raise ValueError(f"unknown positional encoding {positional!r}")
+        self.pos = nn.Parameter(torch.randn(max_len, d_model) * 0.02) if positional == "learned" else None
+        layer = nn.TransformerEncoderLayer(
+            d_model, nhead, dim_feedforward, dropout, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(
+            layer, num_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
+        )
+        self.out_dim = d_model
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        T = x.shape[1]
+        mask = lengths_to_mask(lengths, T)
+        h = self.proj(x)
+        if self.pos is None:
+            h = h + sinusoidal_positions(T, h.shape[-1], h.device).to(h.dtype)
+        elif self.pos.shape[0] >= T:
+            h = h + self.pos[:T]
+        else:
+            raise ValueError(f"sequence of {T} frames exceeds max_len={self.pos.shape[0]}")
+        h = self.encoder(h, src_key_padding_mask=~mask)
+        return masked_mean(h, mask)
+
+
+class CNN2dEncoder(nn.Module):
+    """2-D convs over the (T, n_mfcc) map as a 1-channel image, masked over time, masked pooling.
+
+    Each layer: Conv2d('same' padding, stride (time_stride, freq_stride)) -> masked BN -> ReLU -> Dropout2d.
+    Per-frame features (channels[-1] x remaining MFCC bins) are pooled over valid frames.
+    ``out_dim`` = ``channels[-1] * F'`` (x2 for 'meanmax'); default 64 * 4 * 2 = 512.
+    """
+
+    def __init__(
+        self,
+        in_dim: int = 13,
+        channels: Sequence[int] = (16, 32, 64),
+        kernel_size: int = 3,
+        time_strides: Sequence[int] = (1, 2, 1),
+        freq_strides: Sequence[int] = (1, 2, 2),
+        dropout: float = 0.1,
+        pool: str = "meanmax",
+    ) -> None:
+        super().__init__()
+        assert len(channels) == len(time_strides) == len(freq_strides), "one stride per conv layer"
+        self.k, self.time_strides, self.pool = kernel_size, list(time_strides), pool
+        dims, f, p = [1, *channels], in_dim, kernel_size // 2
+        self.convs = nn.ModuleList()
+        for a, b, st, sf in zip(dims[:-1], dims[1:], time_strides, freq_strides):
+            self.convs.append(nn.Conv2d(a, b, kernel_size, (st, sf), padding=p, bias=False))
+            f = (f + 2 * p - kernel_size) // sf + 1
+        self.norms = nn.ModuleList(MaskedBatchNorm(c) for c in channels)
+        self.drop = nn.Dropout2d(dropout)
+        self.out_dim = pool_width(dims[-1] * f, pool)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        h = (x * lengths_to_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)).unsqueeze(1)  # (B,1,T,F)
+        for conv, norm, s in zip(self.convs, self.norms, self.time_strides):
+            h = conv(h)
+            lengths = conv_out_lengths(lengths, self.k, s, self.k // 2)
+            mask = lengths_to_mask(lengths, h.shape[2])[:, None, :, None].to(h.dtype)
+            h = self.drop(torch.relu(norm(h, mask)))
+        h = h.permute(0, 2, 1, 3).flatten(2)  # (B, T', C*F')
+        return masked_pool(h, lengths_to_mask(lengths, h.shape[1]), self.pool)

@@ -1,0 +1,104 @@
+"""Shared building blocks: length masks, masked pooling, masked batch norm, MLP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+def lengths_to_mask(lengths: Tensor, T: int) -> Tensor:
+    """Bool mask (B, T), True on the first ``lengths[b]`` frames of row b."""
+    return torch.arange(T, device=lengths.device)[None, :] < lengths.to(torch.long)[:, None]
+
+
+def conv_out_lengths(lengths: Tensor, kernel_size: int, stride: int = 1, padding: int = 0) -> Tensor:
+    """Exact output lengths of a 1-D conv: floor((L + 2p - k) / s) + 1."""
+    return torch.div(lengths + 2 * padding - kernel_size, stride, rounding_mode="floor") + 1
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x (B, T, C) over the valid frames of mask (B, T) -> (B, C)."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def masked_max(x: Tensor, mask: Tensor) -> Tensor:
+    """Max of x (B, T, C) over the valid frames of mask (B, T) -> (B, C); rows need >= 1 valid frame."""
+    return x.masked_fill(~mask.unsqueeze(-1), torch.finfo(x.dtype).min).amax(1)
+
+
+def masked_pool(x: Tensor, mask: Tensor, mode: str = "meanmax") -> Tensor:
+    """'mean', 'max' or 'meanmax' (concatenation, width 2C) pooling over valid frames."""
+    if mode == "mean":
+        return masked_mean(x, mask)
+    if mode == "max":
+        return masked_max(x, mask)
+    if mode == "meanmax":
+        return torch.cat([masked_mean(x, mask), masked_max(x, mask)], dim=-1)
+    raise ValueError(f"unknown pooling mode {mode!r}")
+
+
+def pool_width(channels: int, mode: str) -> int:
+    return 2 * channels if mode == "meanmax" else channels
+
+
+class MaskedBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over dim 1 of any (B, C, ...) tensor whose batch statistics use only valid positions.
+
+    ``mask`` is a float 0/1 tensor broadcastable to x with size 1 in dim 1; the output is re-zeroed
+    where mask == 0, so padded frames never leak into statistics or into later layers.
+    """
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
+        if not self.training and self.track_running_stats:
+            y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, eps=self.eps)
+            return y * mask
+        dims = [d for d in range(x.dim()) if d != 1]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        n = mask.expand_as(x[:, :1]).sum().clamp_min(2.0)
+        xm = x * mask
+        mean = xm.sum(dims) / n
+        var = ((xm * xm).sum(dims) / n - mean * mean).clamp_min(0.0)  # one pass: fewer full-size ops
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                mom = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), mom)
+                unbiased = var.detach() * n / (n - 1)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), mom)
+        scale = torch.rsqrt(var + self.eps)
+        if self.affine:
+            scale = scale * self.weight
+        shift = -mean * scale + (self.bias if self.affine else 0.0)
+        return torch.addcmul(shift.view(shape), xm, scale.view(shape)) * mask
+
+
+class MLP(nn.Sequential):
+    """Linear -> [BN] -> ReLU -> Dropout for each width in ``hidden``, then an optional final Linear.
+
+    ``out_dim`` is ``out_dim`` if given, else ``hidden[-1]`` (or ``in_dim`` when there are no layers).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: Sequence[int] = (),
+        out_dim: int | None = None,
+        dropout: float = 0.0,
+        batchnorm: bool = False,
+    ) -> None:
+        layers: list[nn.Module] = []
+        d = in_dim
+        for h in hidden:
+            layers += [nn.Linear(d, h)]
+            layers += [nn.BatchNorm1d(h)] if batchnorm else []
+            layers += [nn.ReLU(inplace=True)] + ([nn.Dropout(dropout)] if dropout > 0 else [])
+            d = h
+        if out_dim is not None:
+            layers.append(nn.Linear(d, out_dim))
+            d = out_dim
+        super().__init__(*layers)
+        self.out_dim = d

@@ -1,0 +1,85 @@
+"""Small helpers the entry points share."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig
+
+from mmdigits.errors import CheckpointError
+from mmdigits.utils.io import atomic_write_json
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
+    return [instantiate(c) for c in (cfg or {}).values() if c is not None and "_target_" in c]
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
+    return [instantiate(c) for c in (cfg or {}).values() if c is not None and "_target_" in c]
+
+
+def _choice(group: str) -> str | None:
+    try:
+        return HydraConfig.get().runtime.choices.get(group)
+    except ValueError:  # HydraConfig not set (train() called outside @hydra.main)
+        return None
+
+
+def hparams_for_logging(cfg: DictConfig) -> dict[str, Any]:
+    """A flat, human-sized set of hyperparameters for TensorBoard's HParams tab."""
+    model = cfg.model
+    hp = {
+        "model": cfg.get("model_name"),
+        "task": cfg.data.task,
+        "audio_encoder": _choice("audio_encoder"),
+        "image_encoder": _choice("image_encoder"),
+        "fusion": _choice("fusion"),
+        "experiment": _choice("experiment"),
+        "seed": cfg.get("seed"),
+        "lr": model.optimizer.get("lr"),
+        "weight_decay": model.optimizer.get("weight_decay"),
+        "batch_size": cfg.data.batch_size,
+        "sampler": cfg.data.sampler,
+        "bucketing": cfg.data.bucketing,
+        "aux_digit_weight": model.aux_digit_weight,
+        "balance_weight": model.balance_weight,
+        "modality_dropout": model.modality_dropout,
+        "precision": str(cfg.trainer.precision),
+        "max_epochs": cfg.trainer.max_epochs,
+    }
+    return {k: ("none" if v is None else v) for k, v in hp.items()}
+
+
+def metrics_to_floats(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        value = float(v.item() if isinstance(v, torch.Tensor) else v)
+        out[k] = value if math.isfinite(value) else None
+    return out
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` means ``<run dir>/checkpoints/last.ckpt``; any other value must be an existing file."""
+    if ckpt_path in (None, ""):
+        return None
+    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if not path.is_file():
+        hint = (
+            " (resume inside the interrupted run's directory: hydra.run.dir=<that dir>)"
+            if ckpt_path == "last"
+            else ""
+        )
+        raise CheckpointError(f"{path}: checkpoint not found{hint}")
+    return str(path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_json(path, json.loads(json.dumps(obj, default=str)))

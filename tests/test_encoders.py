@@ -1,0 +1,189 @@
+"""Audio/image encoders: shapes, padding invariance, masked batch norm, length tracking, registries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mmdigits.models import AUDIO_ENCODERS, IMAGE_ENCODERS, build_audio_encoder, build_image_encoder
+from mmdigits.models.layers import (
+    MLP,
+    MaskedBatchNorm,
+    conv_out_lengths,
+    lengths_to_mask,
+    masked_max,
+    masked_mean,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: 1 intra-op thread is fastest and avoids OpenMP spin-waits on a busy 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+AUDIO = sorted(AUDIO_ENCODERS)
+# extra non-default variants so every code path (LSTM head, 'mean' pooling, learned positions...) is covered
+VARIANTS = {
+    "lstm_seed": ("lstm", dict(hidden=50, mlp_dims=[256, 128])),
+    "lstm_bi2": ("lstm", dict(bidirectional=True, num_layers=2)),
+    "crnn_lstm_mean": ("crnn", dict(rnn="lstm", pool="mean", strides=[2, 2], kernel_size=3)),
+    "cnn1d_mean": ("cnn1d", dict(strides=[2, 2, 2], pool="mean")),
+    "transformer_learned": ("transformer", dict(positional="learned")),
+    "cnn2d_strided": ("cnn2d", dict(time_strides=[2, 2, 1], kernel_size=5)),
+}
+ALL_AUDIO = {**{n: (n, {}) for n in AUDIO}, **VARIANTS}
+LENGTHS = [1, 2, 5, 17, 40, 93, 64, 3]
+
+
+def _randomise_norms(model: nn.Module) -> None:
+    """Non-trivial BN running stats / affine so a padding leak through BN shift would show."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            nn.init.normal_(m.running_mean)
+            nn.init.uniform_(m.running_var, 0.5, 2.0)
+            nn.init.normal_(m.weight, 1.0, 0.3)
+            nn.init.normal_(m.bias, 0.0, 0.5)
+
+
+def _batch(lengths: list[int], T: int, garbage: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(len(lengths), T, 13, generator=g)
+    lens = torch.tensor(lengths)
+    pad = ~lengths_to_mask(lens, T)
+    x[pad] = torch.randn(int(pad.sum()), 13) * 5 if garbage else 0.0
+    return x, lens
+
+
+@pytest.fixture(params=sorted(ALL_AUDIO))
+def audio_encoder(request) -> nn.Module:
+    torch.manual_seed(0)
+    name, kw = ALL_AUDIO[request.param]
+    model = build_audio_encoder(name, **kw)
+    _randomise_norms(model)
+    return model.eval()
+
+
+def test_audio_padding_invariance(audio_encoder: nn.Module) -> None:
+    x, lens = _batch(LENGTHS, 93)
+    with torch.no_grad():
+        batched = audio_encoder(x, lens)
+        assert batched.shape == (len(LENGTHS), audio_encoder.out_dim)
+        for i, L in enumerate(LENGTHS):
+            alone = audio_encoder(x[i : i + 1, :L], lens[i : i + 1])
+            torch.testing.assert_close(alone[0], batched[i], atol=1e-5, rtol=1e-4)
+        # shorter common padding (longest in batch) and garbage past the lengths give the same features
+        tight = audio_encoder(x[:, : max(LENGTHS)], lens)
+        garbage = audio_encoder(*_batch(LENGTHS, 93, garbage=True))
+    torch.testing.assert_close(tight, batched, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(garbage, batched, atol=1e-5, rtol=1e-4)
+
+
+def test_audio_train_mode_backward_and_long_input(audio_encoder: nn.Module) -> None:
+    audio_encoder.train()
+    x, lens = _batch([250, 1, 7, 120], 250)
+    x.requires_grad_(True)
+    out = audio_encoder(x, lens)
+    assert out.shape == (4, audio_encoder.out_dim) and torch.isfinite(out).all()
+    out.square().sum().backward()
+    grads = [p.grad for p in audio_encoder.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert (x.grad[~lengths_to_mask(lens, 250)] == 0).all(), "gradient leaked into padded frames"
+
+
+@pytest.mark.parametrize("name", ["cnn1d", "crnn", "cnn2d"])
+def test_masked_batchnorm_train_stats_ignore_padding(name: str) -> None:
+    """In training mode, batch statistics (hence outputs and running stats) must not see padding."""
+    torch.manual_seed(0)
+    model = build_audio_encoder(name, dropout=0.0).train()
+    x, lens = _batch(LENGTHS, 93)
+    out_tight = model(x[:, : max(LENGTHS) - 20].clone(), lens.clamp_max(max(LENGTHS) - 20))
+    stats_tight = [m.running_mean.clone() for m in model.modules() if isinstance(m, MaskedBatchNorm)]
+    torch.manual_seed(0)
+    model = build_audio_encoder(name, dropout=0.0).train()
+    x_wide = torch.cat([x[:, : max(LENGTHS) - 20], torch.zeros(len(LENGTHS), 150, 13)], dim=1)
+    out_wide = model(x_wide, lens.clamp_max(max(LENGTHS) - 20))
+    stats_wide = [m.running_mean for m in model.modules() if isinstance(m, MaskedBatchNorm)]
+    torch.testing.assert_close(out_tight, out_wide, atol=1e-5, rtol=1e-4)
+    for a, b in zip(stats_tight, stats_wide):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_masked_batchnorm_matches_batchnorm_without_padding() -> None:
+    x = torch.randn(6, 8, 11)
+    bn, mbn = nn.BatchNorm1d(8).train(), MaskedBatchNorm(8).train()
+    torch.testing.assert_close(mbn(x, torch.ones(6, 1, 11)), bn(x), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(mbn.running_var, bn.running_var)
+    torch.testing.assert_close(mbn.eval()(x, torch.ones(6, 1, 11)), bn.eval()(x))
+
+
+@pytest.mark.parametrize("k,s", [(3, 1), (5, 1), (5, 2), (3, 2), (4, 2), (7, 3)])
+def test_conv_out_lengths_matches_conv(k: int, s: int) -> None:
+    conv = nn.Conv1d(1, 1, k, s, padding=k // 2)
+    for L in range(1, 30):
+        expected = conv(torch.zeros(1, 1, L)).shape[-1]
+        assert int(conv_out_lengths(torch.tensor([L]), k, s, k // 2)) == expected
+
+
+def test_masked_pooling() -> None:
+    lens = torch.tensor([3, 1])
+    mask = lengths_to_mask(lens, 4)
+    assert mask.tolist() == [[True, True, True, False], [True, False, False, False]]
+    x = torch.randn(2, 4, 5)
+    x[:, 3] = 100.0
+    torch.testing.assert_close(masked_mean(x, mask), torch.stack([x[0, :3].mean(0), x[1, 0]]))
+    torch.testing.assert_close(masked_max(x, mask), torch.stack([x[0, :3].amax(0), x[1, 0]]))
+
+
+def test_lstm_seed_recipe() -> None:
+    enc = build_audio_encoder("lstm", hidden=50, mlp_dims=[256, 128])
+    assert enc.out_dim == 128 and enc.rnn.hidden_size == 50
+    kinds = [type(m).__name__ for m in enc.head]
+    assert kinds == [
+        "BatchNorm1d",
+        "ReLU",
+        "Dropout",
+        "Linear",
+        "BatchNorm1d",
+        "ReLU",
+        "Dropout",
+        "Linear",
+        "ReLU",
+    ]
+    assert [m.out_features for m in enc.head if isinstance(m, nn.Linear)] == [256, 128]
+
+
+@pytest.mark.parametrize("name", sorted(IMAGE_ENCODERS))
+def test_image_encoder(name: str) -> None:
+    enc = build_image_encoder(name).train()
+    x = torch.randn(8, 1, 28, 28)
+    out = enc(x)
+    assert out.shape == (8, enc.out_dim) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(p.grad is not None for p in enc.parameters())
+    assert enc.eval()(x[:1]).shape == (1, enc.out_dim)
+
+
+def test_image_encoder_specs() -> None:
+    assert build_image_encoder("cnn").out_dim == 128 and build_image_encoder("lenet").out_dim == 84
+    cnn_linears = [m for m in build_image_encoder("cnn").modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in cnn_linears] == [(9216, 128)]
+    resnet = build_image_encoder("resnet")
+    assert resnet.out_dim == 128 and 3e5 <= sum(p.numel() for p in resnet.parameters()) <= 1e6
+
+
+def test_registries_and_hydra_instantiate() -> None:
+    with pytest.raises(KeyError, match="unknown audio encoder"):
+        build_audio_encoder("nope")
+    hydra_utils = pytest.importorskip("hydra.utils")
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"_target_": "mmdigits.models.audio.CRNNEncoder", "channels": [32, 32]})
+    enc = hydra_utils.instantiate(cfg)
+    assert enc.out_dim == 128 and enc(*_batch([5, 2], 5)).shape == (2, 128)
+    mlp = MLP(10, [16, 8], None, dropout=0.1, batchnorm=True)
+    assert mlp.out_dim == 8 and mlp(torch.randn(4, 10)).shape == (4, 8)

@@ -1,0 +1,162 @@
+"""Training, resuming, evaluating and predicting end to end on the tiny dataset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mmdigits.evaluate import evaluate
+from mmdigits.predict import predict
+from mmdigits.train import train
+from tests.hydra_utils import compose_cfg
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ["lstm_cnn", "cnn1d_cnn", "crnn_cnn", "transformer_cnn", "cnn2d_cnn", "seed"]
+QUIET = ["~callbacks.rich_progress_bar", "trainer.enable_model_summary=false"]
+
+
+def train_overrides(data_dir: Path, *extra: str) -> list[str]:
+    return [f"data.dir={data_dir}", "data.batch_size=32", "data.eval_batch_size=64", *QUIET, *extra]
+
+
+def run_train(tmp_path: Path, data_dir: Path, *extra: str) -> dict:
+    cfg = compose_cfg("train", train_overrides(data_dir, *extra), tmp_path)
+    return train(cfg)
+
+
+@pytest.mark.parametrize("task", ["match", "digit"])
+@pytest.mark.parametrize("model", MODELS)
+def test_fast_dev_run_every_model_and_task(model, task, tmp_path, tiny_dataset_dir):
+    metrics = run_train(tmp_path, tiny_dataset_dir, f"model={model}", f"task={task}", "debug=fast_dev_run")
+    assert metrics["global_step"] == 1
+    assert np.isfinite(metrics["test/acc"])
+
+
+@pytest.mark.parametrize("model", ["image_only", "audio_only"])
+def test_fast_dev_run_unimodal(model, tmp_path, tiny_dataset_dir):
+    metrics = run_train(tmp_path, tiny_dataset_dir, f"model={model}", "debug=fast_dev_run")
+    assert metrics["global_step"] == 1 and np.isfinite(metrics["test/acc"])
+
+
+@pytest.mark.parametrize("fusion", ["concat", "late", "gated", "lowrank_tensor", "agreement"])
+def test_fast_dev_run_every_fusion(fusion, tmp_path, tiny_dataset_dir):
+    metrics = run_train(tmp_path, tiny_dataset_dir, f"fusion={fusion}", "debug=fast_dev_run")
+    assert np.isfinite(metrics["test/acc"])
+
+
+def test_bf16_autocast_smoke_on_cpu(tmp_path, tiny_dataset_dir):
+    metrics = run_train(tmp_path, tiny_dataset_dir, "trainer=cpu_bf16", "debug=fast_dev_run")
+    assert np.isfinite(metrics["test/acc"])
+
+
+def test_train_learns_and_writes_outputs(tmp_path, tiny_dataset_dir):
+    metrics = run_train(tmp_path, tiny_dataset_dir, "trainer.max_epochs=4", "logger=many")
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["test/acc"] == pytest.approx(metrics["test/acc"])
+    # the tiny data is learnable: better than always answering "no match"
+    test_pos_rate = np.load(tiny_dataset_dir / "match_test.npy").mean()
+    assert metrics["test/acc"] > max(test_pos_rate, 1 - test_pos_rate)
+    assert Path(saved["best_model_path"]).is_file()
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    ckpt = torch.load(saved["best_model_path"], weights_only=False)
+    assert ckpt["state_dict"]["audio_std"].shape == (13,)
+    assert not torch.allclose(ckpt["state_dict"]["audio_std"], torch.ones(13))  # stats were set
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    tags = events.Tags()["scalars"]
+    assert {"val/acc", "val/acc_best", "test/acc", "test/f1", "test/auroc"} <= set(tags)
+    assert "test/confusion_matrix" in events.Tags()["images"]
+
+
+def test_resume_continues_epoch_counter(tmp_path, tiny_dataset_dir):
+    # a one-cycle schedule is fixed by max_epochs, so extending a run needs a schedule-free optimiser
+    run_train(tmp_path, tiny_dataset_dir, "trainer.max_epochs=1", "test=false", "model.scheduler=null")
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["epoch"] == 0
+    metrics = run_train(
+        tmp_path,
+        tiny_dataset_dir,
+        "trainer.max_epochs=2",
+        "ckpt_path=last",
+        "test=false",
+        "model.scheduler=null",
+    )
+    assert metrics["epochs"] == 2
+    assert torch.load(last, weights_only=False)["epoch"] == 1
+
+
+def test_evaluate_reproduces_train_test_metrics(tmp_path, tiny_dataset_dir):
+    metrics = run_train(tmp_path / "train", tiny_dataset_dir, "trainer.max_epochs=2")
+    cfg = compose_cfg(
+        "evaluate",
+        [
+            f"ckpt_path={metrics['best_model_path']}",
+            f"data.dir={tiny_dataset_dir}",
+            "data.eval_batch_size=64",
+            "trainer.enable_progress_bar=false",
+        ],
+        tmp_path / "eval",
+    )
+    again = evaluate(cfg)
+    for key in ("test/acc", "test/f1", "test/auroc"):
+        assert again[key] == pytest.approx(metrics[key], abs=1e-6), key
+
+
+@pytest.fixture(scope="module")
+def big_test_dir(tmp_path_factory, tiny_raw_dir):
+    """Tiny corpora, but the challenge's 15,000 test pairs."""
+    from mmdigits.data.build import build_dataset
+
+    out = tmp_path_factory.mktemp("big_test")
+    build_dataset(out, tiny_raw_dir, n_train=300, n_test=15000, match_rate=0.1, seed=0, verify=False)
+    return out
+
+
+def test_predict_writes_one_boolean_per_test_pair(tmp_path, tiny_dataset_dir, big_test_dir):
+    metrics = run_train(tmp_path / "train", tiny_dataset_dir, "trainer.max_epochs=1", "test=false")
+    ckpt = metrics["best_model_path"]
+    out = tmp_path / "result.npy"
+    cfg = compose_cfg(
+        "predict",
+        [
+            f"ckpt_path={ckpt}",
+            f"data.dir={big_test_dir}",
+            f"output={out}",
+            "trainer.enable_progress_bar=false",
+        ],
+        tmp_path / "pred",
+    )
+    result = predict(cfg)
+    saved = np.load(out)
+    assert saved.dtype == np.bool_ and saved.shape == (15000,)
+    assert np.array_equal(saved, result)
+
+
+@pytest.mark.slow
+def test_sweep_runs_side_by_side_in_tensorboard(tmp_path, tiny_dataset_dir):
+    sweep_dir = tmp_path / "sweep"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmdigits.train",
+        "-m",
+        "fusion=concat,gated",
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        *train_overrides(tiny_dataset_dir),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p for p in sweep_dir.iterdir() if (p / "metrics.json").exists())
+    assert len(runs) == 2
+    for run in runs:
+        events = EventAccumulator(str(run / "tensorboard")).Reload()
+        assert {"val/acc", "test/acc"} <= set(events.Tags()["scalars"])
+        hp = (run / "tensorboard").glob("events.out.tfevents.*")
+        assert any(hp)
