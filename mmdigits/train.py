@@ -14,12 +14,15 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from mmdigits.models.loading import check_resume_checkpoint
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.run import (
+    drop_nonzero_rank_log_files,
     hparams_for_logging,
     instantiate_callbacks,
     instantiate_loggers,
     metrics_to_floats,
+    reliability_callbacks,
     resolve_ckpt_path,
     write_json,
 )
@@ -42,7 +45,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model)
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    callbacks = instantiate_callbacks(cfg.get("callbacks")) + reliability_callbacks(cfg, output_dir)
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -54,6 +57,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     if cfg.get("train", True):
         ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+        if ckpt_path is not None:
+            check_resume_checkpoint(ckpt_path, model)
         # our own checkpoints hold OmegaConf hparams, which the weights-only unpickler refuses
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     metrics = metrics_to_floats(trainer.callback_metrics)
@@ -85,6 +90,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @clean_errors
 def main(cfg: DictConfig) -> float | None:
+    drop_nonzero_rank_log_files()
     log.info("run directory: %s", HydraConfig.get().runtime.output_dir)
     if cfg.get("print_config", False):
         print(OmegaConf.to_yaml(cfg, resolve=True))

@@ -24,9 +24,9 @@ def options(group: str) -> list[str]:
 
 def test_default_config_composes(tmp_path):
     cfg = compose_cfg("train", [], tmp_path)
-    assert cfg.model_name == "crnn_cnn"
+    assert cfg.model_name == "cnn1d_resnet"
     assert cfg.data.task == "match" and cfg.model.task == "match"
-    assert cfg.model.audio_encoder._target_.endswith("CRNNEncoder")
+    assert cfg.model.audio_encoder._target_.endswith("CNN1dEncoder")
     assert cfg.model.fusion._target_.endswith("AgreementFusion")
     resolve_all(cfg)  # every interpolation resolves
 

@@ -179,6 +179,27 @@ def is_user_owned(directory: str | os.PathLike[str]) -> bool:
     return all((d / f).exists() for f in CHALLENGE_FILES)
 
 
+def missing_user_files(directory: str | os.PathLike[str]) -> list[str]:
+    """Challenge files missing from a directory of user files (some present, no manifest, not our build)."""
+    d = Path(directory)
+    if (d / MANIFEST).exists() or (d / BUILDING_MARKER).exists():
+        return []
+    if any((d / f"source_written_{s}.npy").exists() for s in ("train", "test")):
+        return []
+    present = [f for f in CHALLENGE_FILES if (d / f).exists()]
+    return [f for f in CHALLENGE_FILES if f not in present] if present else []
+
+
+def _refuse_partial_user_dir(d: Path) -> None:
+    missing = missing_user_files(d)
+    if missing:
+        raise DataError(
+            f"{d / missing[0]}: missing file; {d} holds other challenge files without a {MANIFEST} "
+            "(user-owned), so it is not rebuilt over them: restore the file(s) "
+            f"{missing} or point data.dir at another directory"
+        )
+
+
 def build_dataset(
     out: str | os.PathLike[str],
     raw_dir: str | os.PathLike[str] | None = None,
@@ -198,6 +219,8 @@ def build_dataset(
         raise DataError(
             f"{out} holds challenge files without a {MANIFEST} (user-owned); refusing to overwrite"
         )
+    if not force:
+        _refuse_partial_user_dir(out)
     raw = RawCorpora(
         raw_dir,  # type: ignore[arg-type]
         verify=verify,
@@ -242,6 +265,7 @@ def ensure_dataset(
     d = Path(directory)
     if is_user_owned(d):
         return d
+    _refuse_partial_user_dir(d)
     setting_keys = {k: kwargs.pop(k) for k in list(kwargs) if k in DEFAULTS}
     wanted = build_settings(**setting_keys)
     m = read_manifest(d)

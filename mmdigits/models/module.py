@@ -43,6 +43,21 @@ def _train_pos_rate(dm: Any) -> float:
     return 0.5 if getattr(dm, "sampler", "none") != "none" else float(dm.pos_rate)
 
 
+def data_info_from(dm: Any) -> dict[str, Any]:
+    """What single-pair prediction needs to know about the training data: the audio corpus, the MFCC
+    settings for raw wavs (FSDD builds only; None for precomputed Arabic/challenge MFCC) and the build."""
+    data = getattr(dm, "data", None)
+    manifest = getattr(data, "manifest", None) or {}
+    settings = manifest.get("settings") or {}
+    return {
+        "audio": settings.get("audio", getattr(dm, "audio", None)),
+        "mfcc": settings.get("mfcc"),
+        "build": settings or None,
+        "dir": str(getattr(dm, "dir", "")),
+        "has_digit_labels": bool(getattr(dm, "has_digit_labels", False)),
+    }
+
+
 class MultimodalModule(LightningModule):
     """Encoders → fusion → logits, with the loss, metrics and optimiser for one task.
 
@@ -137,6 +152,7 @@ class MultimodalModule(LightningModule):
             self.set_normalization(dm.stats)
             if self.task == "match" and self.hparams.prior_correction:
                 self.set_prior(dm.pos_rate, _train_pos_rate(dm))
+            self.hparams["data_info"] = data_info_from(dm)  # saved with the checkpoint's hparams
 
     def set_normalization(self, stats: dict[str, Tensor]) -> None:
         for name in ("audio_mean", "audio_std", "image_mean", "image_std"):
@@ -235,6 +251,7 @@ class MultimodalModule(LightningModule):
         if self.hparams.balance_weight > 0 and hasattr(self.fusion, "balance_loss"):
             loss = loss + self.hparams.balance_weight * self.fusion.balance_loss(feats)
 
+        preds = preds.detach()  # metrics keep their inputs (AUROC): never keep the autograd graph
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(preds, target.long())
         getattr(self, f"{stage}_loss").update(loss.detach())
@@ -266,7 +283,7 @@ class MultimodalModule(LightningModule):
         for name, logits in zip(self._modality_names(), aux):
             labels = batch.get(f"{name}_digit")
             if labels is not None and logits.shape[-1] == N_DIGITS:
-                self.aux_acc[f"{stage}_{name}"].update(logits, labels)
+                self.aux_acc[f"{stage}_{name}"].update(logits.detach(), labels)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +14,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from mmdigits.checkpoint_io import LastCheckpointEveryEpoch
 from mmdigits.errors import CheckpointError
 from mmdigits.utils.io import atomic_write_json
+from mmdigits.utils.seeding import BatchSeed
+from mmdigits.utils.signals import CheckpointOnInterrupt
 
 
 def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
@@ -24,6 +30,32 @@ def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
 
 def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
     return [instantiate(c) for c in (cfg or {}).values() if c is not None and "_target_" in c]
+
+
+def reliability_callbacks(cfg: DictConfig, output_dir: Path) -> list[Callback]:
+    """Always on: ``checkpoints/last.ckpt`` after every epoch and on SIGTERM; re-seed every batch (exact
+    resumes)."""
+    last = output_dir / "checkpoints" / "last.ckpt"
+    callbacks: list[Callback] = [CheckpointOnInterrupt(last)]
+    if cfg.trainer.get("enable_checkpointing", True):  # Lightning refuses Checkpoint callbacks otherwise
+        callbacks.append(LastCheckpointEveryEpoch(last))
+    if cfg.get("seed") is not None:
+        callbacks.append(BatchSeed(cfg.seed))
+    return callbacks
+
+
+def drop_nonzero_rank_log_files() -> None:
+    """Under DDP, Lightning re-launches the command per rank with ``hydra.job.name=train_ddp_process_<rank>``,
+    so Hydra opens a second log file in the run directory. Only rank 0 writes files: close and remove it."""
+    if rank_zero_only.rank == 0:
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+            if "_ddp_process_" in os.path.basename(handler.baseFilename):
+                Path(handler.baseFilename).unlink(missing_ok=True)
 
 
 def _choice(group: str) -> str | None:

@@ -1,0 +1,201 @@
+"""Side-by-side benchmarks: ``python -m mmdigits.bench [--data-dir Dataset] [--quick]``.
+
+Prints one table with:
+  throughput  training pairs/s of the default model and inference pairs/s (default vs seed model)
+  overhead    one epoch through Lightning vs a plain PyTorch loop, same model/data/process (target <= 1.10)
+  padding     length-bucketed dynamic padding vs padding to 93 frames, same model (target <= 0.7),
+              with the validation accuracy each reaches
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+log = logging.getLogger("mmdigits.bench")
+
+
+def _compose(overrides: list[str]) -> Any:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    conf = str(Path(__file__).resolve().parents[2] / "conf")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=conf):
+        return compose(config_name="train", overrides=overrides)
+
+
+def _build(overrides: list[str], data_dir: str) -> tuple[Any, Any]:
+    from hydra.utils import instantiate
+
+    cfg = _compose([f"data.dir={data_dir}", *overrides])
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.prepare_data()
+    dm.setup("fit")
+    model = instantiate(cfg.model)
+    model.set_normalization(dm.stats)
+    return model, dm
+
+
+def _quiet_trainer(**kw: Any) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        **kw,
+    )
+
+
+def plain_epoch(model: Any, loader: Any, limit: int | None) -> float:
+    """The reference: a hand-written loop doing exactly what Lightning's training loop does for us."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    start = time.perf_counter()
+    for i, batch in enumerate(loader):
+        if limit is not None and i >= limit:
+            break
+        loss = model._step(batch, "train")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def lightning_epoch(model: Any, dm: Any, limit: int | None) -> float:
+    model.hparams.scheduler = None
+    model.hparams.optimizer = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
+    trainer = _quiet_trainer(max_epochs=1, limit_train_batches=limit or 1.0, limit_val_batches=0)
+    start = time.perf_counter()
+    trainer.fit(model, train_dataloaders=dm.train_dataloader())
+    return time.perf_counter() - start
+
+
+def bench_overhead(data_dir: str, limit: int | None) -> dict[str, float]:
+    model, dm = _build([], data_dir)
+    loader = dm.train_dataloader()
+    n = min(limit or len(loader), len(loader))
+    plain_epoch(model, loader, 3)  # warm-up (allocator, oneDNN kernels)
+    t_plain = plain_epoch(model, loader, n)
+    t_light = lightning_epoch(model, dm, n)
+    t_plain2 = plain_epoch(model, loader, n)  # again, so drift on a busy machine shows
+    t_ref = min(t_plain, t_plain2)
+    return {"batches": n, "plain_s": t_ref, "lightning_s": t_light, "ratio": t_light / t_ref}
+
+
+def bench_throughput(data_dir: str, limit: int | None) -> dict[str, float]:
+    model, dm = _build([], data_dir)
+    loader = dm.train_dataloader()
+    n = min(limit or len(loader), len(loader))
+    pairs = sum(len(b["target"]) for _, b in zip(range(n), loader))
+    train_s = plain_epoch(model, loader, n)
+    out = {"train_pairs_per_s": pairs / train_s}
+    for name, overrides in (("default", []), ("seed", ["model=seed"])):
+        model, dm = _build(overrides, data_dir)
+        dm.setup("predict")
+        out[f"predict_pairs_per_s_{name}"] = _inference_rate(model, dm)
+    return out
+
+
+def _inference_rate(model: Any, dm: Any) -> float:
+    model.eval()
+    loader = dm.predict_dataloader()
+    with torch.inference_mode():
+        model.predict_proba(next(iter(loader)))  # warm-up
+        start, n = time.perf_counter(), 0
+        for batch in loader:
+            model.predict_proba(batch)
+            n += len(batch["index"])
+    return n / (time.perf_counter() - start)
+
+
+def bench_padding(data_dir: str, epochs: int) -> dict[str, float]:
+    """Same CRNN, audio-digit task: bucketed dynamic padding vs fixed 93 frames."""
+    out: dict[str, float] = {}
+    for name, overrides in (
+        ("bucketed", ["data.bucketing=true"]),
+        ("pad93", ["data.bucketing=false", "data.pad_to=93"]),
+    ):
+        L.seed_everything(0, workers=True)
+        model, dm = _build(["model=audio_only", "audio_encoder=crnn", *overrides], data_dir)
+        trainer = _quiet_trainer(max_epochs=epochs, num_sanity_val_steps=0)
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=dm)
+        out[f"{name}_epoch_s"] = (time.perf_counter() - start) / epochs
+        out[f"{name}_val_acc"] = float(trainer.callback_metrics["val/acc"])
+    out["ratio"] = out["bucketed_epoch_s"] / out["pad93_epoch_s"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", default="Dataset")
+    parser.add_argument("--batches", type=int, default=None, help="limit batches per timed epoch")
+    parser.add_argument("--padding-epochs", type=int, default=2)
+    parser.add_argument("--only", choices=["throughput", "overhead", "padding"], default=None)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    torch.manual_seed(0)
+
+    rows: list[tuple[str, str, str, str]] = []
+    if args.only in (None, "throughput"):
+        t = bench_throughput(args.data_dir, args.batches)
+        rows.append(("train pairs/s (default model)", f"{t['train_pairs_per_s']:.0f}", "", ""))
+        rows.append(
+            (
+                "predict pairs/s, default vs seed",
+                f"{t['predict_pairs_per_s_default']:.0f}",
+                f"{t['predict_pairs_per_s_seed']:.0f}",
+                ">= 10000 (default)",
+            )
+        )
+    if args.only in (None, "overhead"):
+        o = bench_overhead(args.data_dir, args.batches)
+        rows.append(
+            (
+                f"epoch s, Lightning vs plain loop ({o['batches']} batches)",
+                f"{o['lightning_s']:.2f}",
+                f"{o['plain_s']:.2f}",
+                f"ratio {o['ratio']:.3f} (target <= 1.10)",
+            )
+        )
+    if args.only in (None, "padding"):
+        p = bench_padding(args.data_dir, args.padding_epochs)
+        rows.append(
+            (
+                "epoch s, bucketed vs pad-93 (crnn, audio digit)",
+                f"{p['bucketed_epoch_s']:.2f}",
+                f"{p['pad93_epoch_s']:.2f}",
+                f"ratio {p['ratio']:.3f} (target <= 0.7)",
+            )
+        )
+        rows.append(
+            (
+                "val acc, bucketed vs pad-93",
+                f"{p['bucketed_val_acc']:.4f}",
+                f"{p['pad93_val_acc']:.4f}",
+                "no loss of accuracy",
+            )
+        )
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("| measure | ours | baseline | ratio / target |\n|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()

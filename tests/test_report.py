@@ -1,0 +1,109 @@
+"""mmdigits.report: tables, seed groups, curves and the best run's confusion matrix."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmdigits.report import (
+    confusion_matrix,
+    markdown_table,
+    read_scalars,
+    runs_frame,
+    seed_groups,
+    sort_runs,
+    write_report,
+)
+from tests.trained_runs import seed_runs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_dataset_dir):
+    return seed_runs(tmp_path_factory.getbasetemp(), tiny_dataset_dir)
+
+
+def test_markdown_table_formats_and_aligns():
+    df = pd.DataFrame({"run": ["a|b", "c"], "acc": [0.5, None], "params": [123456, 7]})
+    lines = markdown_table(df).splitlines()
+    assert lines[0] == "| run | acc | params |"
+    assert lines[1] == "|---|---:|---:|"
+    assert lines[2] == "| a\\|b | 0.5000 | 123,456 |"
+    assert lines[3].startswith("| c | – |")
+
+
+def test_seed_groups_mean_std_ignore_seed_only():
+    cfg = lambda seed, fusion: {"seed": seed, "data.seed": seed, "model.fusion": fusion}  # noqa: E731
+    df = pd.DataFrame(
+        {
+            "config": [cfg(0, "late"), cfg(1, "late"), cfg(0, "concat")],
+            "model": ["m"] * 3,
+            "fusion": ["late", "late", "concat"],
+            "seed": [0, 1, 0],
+            "test/acc": [0.8, 0.6, 0.9],
+        }
+    )
+    groups = seed_groups(df)
+    assert len(groups) == 1  # the concat run has no seed partner
+    row = groups.iloc[0]
+    assert row["group"] == "model.fusion=late" and row["n"] == 2 and row["seeds"] == "0,1"
+    assert row["test/acc"] == f"0.7000 ± {np.std([0.8, 0.6], ddof=1):.4f}"
+
+
+def test_report_tables_curves_and_confusion(runs, tmp_path):
+    sweep = runs[0]["dir"].parent
+    out = tmp_path / "report"
+    shutil.copytree(sweep, out / "sweep")
+    report = write_report([out], metric="val/acc_best").read_text()
+    df = sort_runs(runs_frame([out]), "val/acc_best")
+    assert len(df) == 2 and set(df["seed"]) == {0, 1}
+    assert list(df["val/acc_best"]) == sorted(df["val/acc_best"], reverse=True)
+    row = df.iloc[0]
+    assert (row["model"], row["audio_encoder"], row["image_encoder"], row["fusion"], row["task"]) == (
+        "cnn1d_cnn", "cnn1d", "cnn", "agreement", "match"
+    )  # fmt: skip
+    assert row["params"] > 1000 and row["epochs"] == 1
+    assert "| sweep/0_cnn1d_cnn |" in report or "| sweep/1_cnn1d_cnn |" in report
+    assert "test/auroc" in report.splitlines()[2]
+    assert "## Mean ± std over seeds" in report and " ± " in report.split("over seeds")[1]
+    assert "recomputed from" in report
+    for name in ("curves.png", "confusion.png"):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_recomputed_confusion_matches_logged_test_accuracy(runs):
+    run = runs[0]
+    cm = confusion_matrix(run["dir"], run["ckpt"])
+    assert cm.shape == (2, 2)
+    assert np.trace(cm) / cm.sum() == pytest.approx(run["metrics"]["test/acc"], abs=1e-6)
+
+
+def test_curves_come_from_the_event_files(runs):
+    curves = read_scalars(runs[0]["dir"], ["val/acc", "val/loss", "no/such_tag"])
+    assert set(curves) == {"val/acc", "val/loss"}
+    steps, values = curves["val/acc"]
+    assert len(steps) == 1 and values[-1] == pytest.approx(runs[0]["metrics"]["val/acc"], abs=1e-6)
+
+
+def test_confusion_falls_back_to_logged_image_without_data(runs, tmp_path):
+    run_dir = tmp_path / "moved"
+    shutil.copytree(runs[0]["dir"], run_dir)
+    cfg = (run_dir / ".hydra" / "config.yaml").read_text()
+    (run_dir / ".hydra" / "config.yaml").write_text(cfg.replace("dir: /", f"dir: {tmp_path}/gone/"))
+    report = write_report([run_dir]).read_text()
+    assert "logged during training" in report
+    assert (run_dir / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_errors_clearly_without_runs(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmdigits.report", str(tmp_path)], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "no runs (metrics.json)" in proc.stderr
