@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from mmdigits.data.build import build_dataset
 from mmdigits.data.synthetic import write_tiny_corpora
@@ -60,3 +61,12 @@ def make_tiny_datamodule(tiny_dataset_dir: Path) -> Callable[..., Any]:
         return MMDigitsDataModule(**opts)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: 1 intra-op thread is fastest and avoids OpenMP spin-waits on a busy 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

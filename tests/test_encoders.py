@@ -16,14 +16,7 @@ from mmdigits.models.layers import (
     masked_mean,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: 1 intra-op thread is fastest and avoids OpenMP spin-waits on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 AUDIO = sorted(AUDIO_ENCODERS)

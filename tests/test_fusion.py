@@ -11,14 +11,7 @@ from torch import nn
 from mmdigits.models import FUSIONS, AgreementFusion, LateFusion, build_fusion
 from mmdigits.models.fusion import agreement_logit
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: 1 intra-op thread is fastest and avoids OpenMP spin-waits on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("out_dim", [1, 10])

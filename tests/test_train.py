@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,28 @@ def test_sweep_runs_side_by_side_in_tensorboard(tmp_path, tiny_dataset_dir):
         assert {"val/acc", "test/acc"} <= set(events.Tags()["scalars"])
         hp = (run / "tensorboard").glob("events.out.tfevents.*")
         assert any(hp)
+
+
+@pytest.mark.slow
+def test_optuna_search_runs_trials_and_reports_best(tmp_path, tiny_dataset_dir):
+    sweep_dir = tmp_path / "optuna"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmdigits.train",
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=1",
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        *train_overrides(tiny_dataset_dir),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
+    assert len(runs) == 2 and all(0.0 <= r["val/acc_best"] <= 1.0 for r in runs)
+    best = (sweep_dir / "optimization_results.yaml").read_text()
+    assert "best_value" in best

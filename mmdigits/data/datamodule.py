@@ -1,4 +1,4 @@
-"""LightningDataModule for the paired image/MFCC challenge data (batches per CONTRACT.md)."""
+"""LightningDataModule for the paired image/MFCC challenge data (batches per docs/interfaces.md)."""
 
 from __future__ import annotations
 

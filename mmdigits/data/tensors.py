@@ -64,7 +64,7 @@ class SplitTensors:
 
 
 class BatchDataset(Dataset):
-    """``ds[index_tensor]`` returns a collated batch dict (see CONTRACT.md). Use with
+    """``ds[index_tensor]`` returns a collated batch dict (see docs/interfaces.md). Use with
     ``DataLoader(ds, batch_size=None, sampler=<batch sampler>)``."""
 
     def __init__(
