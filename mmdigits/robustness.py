@@ -1,4 +1,4 @@
-"""Test accuracy with one modality degraded: ``python -m mmdigits.evaluate ckpt_path=... robustness=true``.
+"""Test accuracy with one modality degraded: ``python -m mmdigits.evaluate ckpt_path=... +robustness=true``.
 
 Degradations (applied to the raw batch, so the model's own normalisation runs as usual):
 

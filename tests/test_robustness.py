@@ -22,7 +22,7 @@ def run(tmp_path_factory, tiny_dataset_dir):
 def test_evaluate_with_robustness_writes_table_and_plot(run, tmp_path, tiny_dataset_dir):
     cfg = compose_cfg(
         "evaluate",
-        [f"ckpt_path={run['ckpt']}", f"data.dir={tiny_dataset_dir}", "++robustness=true",
+        [f"ckpt_path={run['ckpt']}", f"data.dir={tiny_dataset_dir}", "+robustness=true",
          "trainer.enable_progress_bar=false"],
         tmp_path,
     )  # fmt: skip

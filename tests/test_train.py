@@ -19,7 +19,7 @@ from mmdigits.train import train
 from tests.hydra_utils import compose_cfg
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ["lstm_cnn", "cnn1d_cnn", "crnn_cnn", "transformer_cnn", "cnn2d_cnn", "seed"]
+MODELS = ["cnn1d_resnet", "lstm_cnn", "cnn1d_cnn", "crnn_cnn", "transformer_cnn", "cnn2d_cnn", "seed"]
 QUIET = ["~callbacks.rich_progress_bar", "trainer.enable_model_summary=false"]
 
 
@@ -32,7 +32,7 @@ def run_train(tmp_path: Path, data_dir: Path, *extra: str) -> dict:
     return train(cfg)
 
 
-@pytest.mark.parametrize("task", ["match", "digit"])
+@pytest.mark.parametrize("task", ["match", "digit", "image_digit", "audio_digit"])
 @pytest.mark.parametrize("model", MODELS)
 def test_fast_dev_run_every_model_and_task(model, task, tmp_path, tiny_dataset_dir):
     metrics = run_train(tmp_path, tiny_dataset_dir, f"model={model}", f"task={task}", "debug=fast_dev_run")
@@ -159,8 +159,13 @@ def test_sweep_runs_side_by_side_in_tensorboard(tmp_path, tiny_dataset_dir):
     for run in runs:
         events = EventAccumulator(str(run / "tensorboard")).Reload()
         assert {"val/acc", "test/acc"} <= set(events.Tags()["scalars"])
-        hp = (run / "tensorboard").glob("events.out.tfevents.*")
-        assert any(hp)
+        # the HParams tab: hyperparameters + the metrics to show beside them
+        hparams = events.PluginTagToContent("hparams")
+        assert "_hparams_/experiment" in hparams and "_hparams_/session_start_info" in hparams
+        assert (
+            b"test/acc" in hparams["_hparams_/experiment"]
+            and b"fusion" in hparams["_hparams_/session_start_info"]
+        )
 
 
 @pytest.mark.slow

@@ -64,6 +64,7 @@ class MMDigitsDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         sampler: str = "none",
         bucketing: bool = True,
+        bucket_batches: int = 50,
         pad_to: int | None = None,
         digit_pairing: str = "repair",
         seed: int = 0,
@@ -90,6 +91,7 @@ class MMDigitsDataModule(L.LightningDataModule):
             pad_to,
         )
         self.digit_pairing, self.seed, self.num_workers = digit_pairing, seed, num_workers
+        self.bucket_batches = bucket_batches
         self.num_classes = 1 if task == "match" else 10
         self.data: ChallengeData | None = None
         self.stats: dict[str, torch.Tensor] = {}
@@ -223,6 +225,7 @@ class MMDigitsDataModule(L.LightningDataModule):
             labels=labels,
             lengths=ds.lengths if self.bucketing else None,
             bucketing=self.bucketing,
+            bucket_batches=self.bucket_batches,
             seed=self.seed,
             num_replicas=num_replicas,
             rank=rank,
