@@ -191,3 +191,32 @@ def test_optuna_search_runs_trials_and_reports_best(tmp_path, tiny_dataset_dir):
     assert len(runs) == 2 and all(0.0 <= r["val/acc_best"] <= 1.0 for r in runs)
     best = (sweep_dir / "optimization_results.yaml").read_text()
     assert "best_value" in best
+
+
+def test_original_challenge_files_train_and_predict(tmp_path, tiny_dataset_dir):
+    """Only the five files the original challenge ships: no labels beyond match_train, no manifest."""
+    challenge = tmp_path / "challenge"
+    challenge.mkdir()
+    for name in ("written_train", "spoken_train", "match_train", "written_test", "spoken_test"):
+        (challenge / f"{name}.npy").write_bytes((tiny_dataset_dir / f"{name}.npy").read_bytes())
+    metrics = run_train(tmp_path / "run", challenge, "trainer.max_epochs=1")
+    assert "test/acc" not in metrics  # nothing to score the test split against
+    assert sorted(p.name for p in challenge.iterdir()) == sorted(  # nothing was built over them
+        f"{n}.npy" for n in ("written_train", "spoken_train", "match_train", "written_test", "spoken_test")
+    )
+    out = tmp_path / "result.npy"
+    cfg = compose_cfg(
+        "predict",
+        [
+            f"ckpt_path={metrics['best_model_path']}",
+            f"data.dir={challenge}",
+            f"output={out}",
+            "trainer.enable_progress_bar=false",
+        ],
+        tmp_path / "pred",
+    )
+    predict(cfg)
+    result = np.load(out)
+    assert result.dtype == np.bool_ and len(result) == len(
+        np.load(challenge / "spoken_test.npy", allow_pickle=True)
+    )
