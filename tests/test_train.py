@@ -139,21 +139,27 @@ def test_predict_writes_one_boolean_per_test_pair(tmp_path, tiny_dataset_dir, bi
     assert np.array_equal(saved, result)
 
 
-@pytest.mark.slow
-def test_sweep_runs_side_by_side_in_tensorboard(tmp_path, tiny_dataset_dir):
-    sweep_dir = tmp_path / "sweep"
+def run_sweep(sweep_dir: Path, data_dir: Path, *overrides: str) -> None:
+    """``python -m mmdigits.train -m ...`` for one epoch per job; fails the test on a non-zero exit."""
     cmd = [
         sys.executable,
         "-m",
         "mmdigits.train",
         "-m",
-        "fusion=concat,gated",
+        *overrides,
         "trainer.max_epochs=1",
         f"hydra.sweep.dir={sweep_dir}",
-        *train_overrides(tiny_dataset_dir),
+        *train_overrides(data_dir),
     ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_sweep_runs_side_by_side_in_tensorboard(tmp_path, tiny_dataset_dir):
+    sweep_dir = tmp_path / "sweep"
+    run_sweep(sweep_dir, tiny_dataset_dir, "fusion=concat,gated")
     runs = sorted(p for p in sweep_dir.iterdir() if (p / "metrics.json").exists())
     assert len(runs) == 2
     for run in runs:
@@ -171,22 +177,13 @@ def test_sweep_runs_side_by_side_in_tensorboard(tmp_path, tiny_dataset_dir):
 @pytest.mark.slow
 def test_optuna_search_runs_trials_and_reports_best(tmp_path, tiny_dataset_dir):
     sweep_dir = tmp_path / "optuna"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mmdigits.train",
-        "-m",
+    run_sweep(
+        sweep_dir,
+        tiny_dataset_dir,
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.sampler.n_startup_trials=1",
-        "trainer.max_epochs=1",
-        f"hydra.sweep.dir={sweep_dir}",
-        *train_overrides(tiny_dataset_dir),
-    ]
-    proc = subprocess.run(
-        cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
     assert len(runs) == 2 and all(0.0 <= r["val/acc_best"] <= 1.0 for r in runs)
     best = (sweep_dir / "optimization_results.yaml").read_text()
