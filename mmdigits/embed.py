@@ -15,7 +15,6 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mmdigits.models.fusion import ConcatFusion
@@ -163,11 +162,10 @@ def plot_embeddings(points: dict[str, tuple[np.ndarray, np.ndarray | None]], pat
 
 
 def embed(cfg: DictConfig) -> dict[str, Any]:
-    from mmdigits.models.loading import load_checkpoint_model
+    from mmdigits.models.loading import load_model_and_data
     from mmdigits.utils.run import write_json
 
-    model = load_checkpoint_model(cfg.ckpt_path)
-    dm = instantiate(cfg.data, task=model.task, _convert_="all")
+    model, dm = load_model_and_data(cfg)
     dm.prepare_data()
     dm.setup("predict")
     emb = collect_embeddings(model, dm.predict_dataloader())

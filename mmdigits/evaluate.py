@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mmdigits.errors import MMDigitsError
-from mmdigits.models.loading import load_checkpoint_model
+from mmdigits.models.loading import load_model_and_data
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.run import metrics_to_floats, write_json
 
@@ -22,8 +22,7 @@ log = logging.getLogger("mmdigits.evaluate")
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test the checkpoint's model on ``cfg.data``'s test split; writes ``metrics.json``."""
     L.seed_everything(cfg.get("seed", 0), workers=True)
-    model = load_checkpoint_model(cfg.ckpt_path)
-    datamodule = instantiate(cfg.data, task=model.task, _convert_="all")
+    model, datamodule = load_model_and_data(cfg)
     trainer: L.Trainer = instantiate(cfg.trainer)
     datamodule.prepare_data()
     if not datamodule.has_test_labels:

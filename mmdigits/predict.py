@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from mmdigits.models.loading import load_checkpoint_model
+from mmdigits.models.loading import load_model_and_data
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.io import atomic_save_npy
 
@@ -26,8 +26,7 @@ log = logging.getLogger("mmdigits.predict")
 
 def predict(cfg: DictConfig) -> np.ndarray:
     """Predict every test pair of ``cfg.data``; saves and returns the result array."""
-    model = load_checkpoint_model(cfg.ckpt_path)
-    datamodule = instantiate(cfg.data, task=model.task, _convert_="all")
+    model, datamodule = load_model_and_data(cfg)
     trainer: L.Trainer = instantiate(cfg.trainer)
     start = time.perf_counter()
     outputs = trainer.predict(model, datamodule=datamodule)

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from mmdigits.errors import CheckpointError
 from mmdigits.models.module import MultimodalModule
@@ -64,3 +66,9 @@ def load_checkpoint_model(path: str | Path, map_location: str = "cpu") -> Multim
         ) from err
     model.eval()
     return model
+
+
+def load_model_and_data(cfg: DictConfig) -> tuple[MultimodalModule, Any]:
+    """``cfg.ckpt_path``'s model and ``cfg.data``'s datamodule, set to the task the model was trained for."""
+    model = load_checkpoint_model(cfg.ckpt_path)
+    return model, instantiate(cfg.data, task=model.task, _convert_="all")
