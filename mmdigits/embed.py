@@ -26,8 +26,9 @@ log = logging.getLogger("mmdigits.embed")
 
 @torch.no_grad()
 def collect_embeddings(model: MultimodalModule, loader: Any) -> dict[str, np.ndarray]:
-    """Per-row arrays: ``<modality>`` features, ``fused``, ``<modality>_latent`` (argmax head class when the
-    fusion has per-modality heads), ``<modality>_digit`` labels when present, and ``target``."""
+    """Per-row arrays in row order: ``<modality>`` features, ``fused``, ``<modality>_latent``
+    (argmax head class when the fusion has per-modality heads), ``<modality>_digit`` labels when
+    present, ``target`` and ``index``."""
     model.eval()
     names = model._modality_names()
     parts: dict[str, list[np.ndarray]] = {}
@@ -47,10 +48,13 @@ def collect_embeddings(model: MultimodalModule, loader: Any) -> dict[str, np.nda
         if hasattr(fusion, "modality_logits"):
             for m, lg in zip(names, fusion.modality_logits(feats)):
                 add(f"{m}_latent", lg.argmax(-1))
-        for key in ("image_digit", "audio_digit", "target"):
+        for key in ("image_digit", "audio_digit", "target", "index"):
             if key in batch:
                 add(key, batch[key])
     out = {k: np.concatenate(v) for k, v in parts.items()}
+    if "index" in out:  # loaders may sort rows by length
+        order = np.argsort(out["index"], kind="stable")
+        out = {k: v[order] for k, v in out.items()}
     hidden = isinstance(model.fusion, ConcatFusion) and len(model.fusion.head) > 1
     out["fused_source"] = np.array("concat fusion hidden layer" if hidden else "concatenated features")
     return out

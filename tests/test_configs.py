@@ -24,7 +24,11 @@ def options(group: str) -> list[str]:
 
 def test_default_config_composes(tmp_path):
     cfg = compose_cfg("train", [], tmp_path)
-    assert cfg.model_name == "cnn1d_resnet"
+    assert cfg.model_name == "cnn1d_lenet"
+    assert cfg.model.image_encoder._target_.endswith("LeNet")
+    assert cfg.trainer.max_epochs == 18  # the default model's own schedule...
+    assert compose_cfg("train", ["model=crnn_cnn"], tmp_path).trainer.max_epochs == 4  # ...not every model's
+    assert compose_cfg("train", ["trainer.max_epochs=2"], tmp_path).trainer.max_epochs == 2
     assert cfg.data.task == "match" and cfg.model.task == "match"
     assert cfg.model.audio_encoder._target_.endswith("CNN1dEncoder")
     assert cfg.model.fusion._target_.endswith("AgreementFusion")

@@ -176,7 +176,7 @@ def test_stratified_val_without_speakers(tiny_dataset_dir: Path, tmp_path: Path)
     b = next(iter(dm.train_dataloader()))
     assert "image_digit" not in b and "audio_digit" not in b
     p = next(iter(dm.predict_dataloader()))
-    assert "target" not in p and p["index"].tolist() == list(range(len(p["index"])))
+    assert "target" not in p and len(set(p["index"].tolist())) == len(p["index"])
     with pytest.raises(DataError, match="no labels for the test split"):
         dm.test_dataloader()
     dm2 = MMDigitsDataModule(dir=str(tmp_path), task="digit")
@@ -215,11 +215,34 @@ def test_match_only_batches_have_no_digit_keys(make_tiny_datamodule: Callable) -
     assert "image_digit" not in b and "audio_digit" not in b and not dm.has_digit_labels
 
 
+def test_eval_sampler_sorts_each_shard_by_length() -> None:
+    lengths = np.random.default_rng(0).integers(1, 94, size=1001)
+    shards = []
+    for rank in (0, 1):
+        s = EvalBatchSampler(1001, 64, 2, rank, lengths=lengths)
+        rows = torch.cat(list(s)).numpy()
+        assert np.all(np.diff(lengths[rows]) >= 0)  # shortest first, so batches pad to ~their own length
+        assert sorted(rows.tolist()) == list(range(rank * 501, rank * 501 + len(rows)))  # its own shard
+        shards.append(s)
+    assert len(shards[0]) == len(shards[1])
+    with pytest.raises(ValueError, match="1000 lengths for 1001 rows"):
+        EvalBatchSampler(1001, 64, lengths=lengths[:1000])
+
+
 def test_predict_order_and_state(make_tiny_datamodule: Callable) -> None:
-    dm = make_tiny_datamodule()
+    def frames(batches: list) -> int:
+        return sum(b["audio"].shape[0] * b["audio"].shape[1] for b in batches)
+
+    dm = make_tiny_datamodule(bucketing=False)
     dm.setup("predict")
-    idx = torch.cat([b["index"] for b in dm.predict_dataloader()])
-    assert idx.tolist() == list(range(200))
+    plain = list(dm.predict_dataloader())
+    assert torch.cat([b["index"] for b in plain]).tolist() == list(range(200))
+    dm = make_tiny_datamodule()  # bucketing: length-sorted rows, each exactly once, less padding
+    dm.setup("predict")
+    batches = list(dm.predict_dataloader())
+    idx = torch.cat([b["index"] for b in batches])
+    assert sorted(idx.tolist()) == list(range(200)) and idx.tolist() != list(range(200))
+    assert frames(batches) < frames(plain)
     dm.setup("fit")
     dl = dm.train_dataloader()
     first = [b["index"] for b in dl]

@@ -19,7 +19,16 @@ from mmdigits.train import train
 from tests.hydra_utils import compose_cfg
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ["cnn1d_resnet", "lstm_cnn", "cnn1d_cnn", "crnn_cnn", "transformer_cnn", "cnn2d_cnn", "seed"]
+MODELS = [
+    "cnn1d_lenet",
+    "cnn1d_resnet",
+    "lstm_cnn",
+    "cnn1d_cnn",
+    "crnn_cnn",
+    "transformer_cnn",
+    "cnn2d_cnn",
+    "seed",
+]
 QUIET = ["~callbacks.rich_progress_bar", "trainer.enable_model_summary=false"]
 
 
@@ -137,6 +146,34 @@ def test_predict_writes_one_boolean_per_test_pair(tmp_path, tiny_dataset_dir, bi
     saved = np.load(out)
     assert saved.dtype == np.bool_ and saved.shape == (15000,)
     assert np.array_equal(saved, result)
+
+
+def test_predict_restores_row_order_after_length_sorting(tmp_path, tiny_dataset_dir):
+    from mmdigits.data.datamodule import MMDigitsDataModule
+    from mmdigits.models.loading import load_checkpoint_model
+
+    # digit task: ten possible answers, so a permuted row order cannot go unnoticed
+    metrics = run_train(
+        tmp_path / "train", tiny_dataset_dir, "task=digit", "trainer.max_epochs=1", "test=false"
+    )
+    model = load_checkpoint_model(metrics["best_model_path"]).eval()
+    dm = MMDigitsDataModule(dir=str(tiny_dataset_dir), task="digit", eval_batch_size=64, bucketing=False)
+    dm.setup("predict")
+    with torch.no_grad():  # reference: rows in file order
+        proba = torch.cat([model.predict_proba(b) for b in dm.predict_dataloader()])
+    cfg = compose_cfg(
+        "predict",
+        [
+            f"ckpt_path={metrics['best_model_path']}",
+            f"data.dir={tiny_dataset_dir}",
+            f"output={tmp_path / 'r.npy'}",
+            "trainer.enable_progress_bar=false",
+        ],
+        tmp_path / "pred",
+    )
+    result = predict(cfg)  # length-sorted batches
+    assert np.array_equal(result, proba.argmax(-1).numpy())
+    assert len(np.unique(result)) > 2
 
 
 def run_sweep(sweep_dir: Path, data_dir: Path, *overrides: str) -> None:

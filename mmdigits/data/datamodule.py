@@ -240,7 +240,9 @@ class MMDigitsDataModule(L.LightningDataModule):
 
     def _eval_loader(self, ds: BatchDataset | None) -> DataLoader:
         assert ds is not None
-        return self._loader(ds, EvalBatchSampler(len(ds), self.eval_batch_size, *self._world()))
+        lengths = ds.lengths if self.bucketing else None
+        sampler = EvalBatchSampler(len(ds), self.eval_batch_size, *self._world(), lengths=lengths)
+        return self._loader(ds, sampler)
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup("fit")
@@ -253,7 +255,8 @@ class MMDigitsDataModule(L.LightningDataModule):
         return self._eval_loader(self.test_set)
 
     def predict_dataloader(self) -> DataLoader:
-        """Test split in original row order (no shuffle); batches lack ``target`` when labels are absent."""
+        """Test split (length-sorted batches when bucketing; ``index`` restores row order); batches lack
+        ``target`` when labels are absent."""
         self.setup("predict")
         return self._eval_loader(self.test_set)
 

@@ -122,7 +122,7 @@ class CNN1dEncoder(nn.Module):
         in_dim: int = 13,
         channels: Sequence[int] = (64, 128, 128),
         kernel_size: int = 5,
-        strides: Sequence[int] = (1, 2, 1),
+        strides: Sequence[int] = (2, 2, 1),
         dropout: float = 0.1,
         pool: str = "meanmax",
     ) -> None:

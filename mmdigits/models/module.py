@@ -81,6 +81,7 @@ class MultimodalModule(LightningModule):
         prior_correction: bool = True,
         audio_time_mask: int = 0,
         image_shift: int = 0,
+        channels_last: bool = True,
         data_info: dict | None = None,
     ) -> None:
         super().__init__()
@@ -94,6 +95,10 @@ class MultimodalModule(LightningModule):
             raise ValueError(f"task {task!r} needs at least one encoder; got none")
         self.audio_encoder = instantiate(_as_container(audio_encoder)) if use_audio else None
         self.image_encoder = instantiate(_as_container(image_encoder)) if use_image else None
+        # NHWC lets oneDNN pick its fast kernels for small convolutions (about 1.3x for LeNet on CPU)
+        self.channels_last = channels_last and self.image_encoder is not None
+        if self.channels_last:
+            self.image_encoder.to(memory_format=torch.channels_last)
         in_dims = [e.out_dim for e in (self.image_encoder, self.audio_encoder) if e is not None]
         self.num_outputs = 1 if task == "match" else N_DIGITS
         fusion_cfg = _as_container(fusion) or OmegaConf.create(
@@ -170,6 +175,8 @@ class MultimodalModule(LightningModule):
         image = audio = lengths = None
         if self.image_encoder is not None:
             image = (batch["image"].float() / 255.0 - self.image_mean) / self.image_std
+            if self.channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
         if self.audio_encoder is not None:
             lengths = batch["lengths"]
             audio = (batch["audio"].float() - self.audio_mean) / self.audio_std
