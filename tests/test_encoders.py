@@ -25,6 +25,7 @@ VARIANTS = {
     "lstm_seed": ("lstm", dict(hidden=50, mlp_dims=[256, 128])),
     "lstm_bi2": ("lstm", dict(bidirectional=True, num_layers=2)),
     "crnn_lstm_mean": ("crnn", dict(rnn="lstm", pool="mean", strides=[2, 2], kernel_size=3)),
+    "crnn_packed": ("crnn", dict(packed=True)),
     "cnn1d_mean": ("cnn1d", dict(strides=[2, 2, 2], pool="mean")),
     "transformer_learned": ("transformer", dict(positional="learned")),
     "cnn2d_strided": ("cnn2d", dict(time_strides=[2, 2, 1], kernel_size=5)),
@@ -180,3 +181,45 @@ def test_registries_and_hydra_instantiate() -> None:
     assert enc.out_dim == 128 and enc(*_batch([5, 2], 5)).shape == (2, 128)
     mlp = MLP(10, [16, 8], None, dropout=0.1, batchnorm=True)
     assert mlp.out_dim == 8 and mlp(torch.randn(4, 10)).shape == (4, 8)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (1, True), (2, True), (2, False)])
+def test_masked_rnn_equals_packed_torch_rnn(
+    cell: str, num_layers: int, bidirectional: bool, packed: bool
+) -> None:
+    """Same weights as nn.GRU/nn.LSTM (loaded through their state-dict names): same per-frame outputs and
+    final states as the packed reference, whatever is in the padding."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from mmdigits.models.audio import MaskedRNN
+
+    torch.manual_seed(0)
+    ref = {"gru": nn.GRU, "lstm": nn.LSTM}[cell](
+        13, 8, num_layers, batch_first=True, bidirectional=bidirectional
+    )
+    ours = MaskedRNN(cell, 13, 8, num_layers, bidirectional, packed=packed)
+    ours.load_state_dict(ref.state_dict())
+    x, lens = _batch(LENGTHS, 93, garbage=True)
+    packed = pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
+    out_ref, h = ref(packed)
+    out_ref, _ = pad_packed_sequence(out_ref, batch_first=True, total_length=93)
+    h = h[0] if cell == "lstm" else h
+    dirs = 2 if bidirectional else 1
+    last_ref = torch.cat(list(h[-dirs:]), dim=-1)
+    with torch.no_grad():
+        out, last = ours(x, lens)
+    valid = lengths_to_mask(lens, 93)
+    torch.testing.assert_close(out[valid], out_ref[valid].detach(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(last, last_ref.detach(), atol=1e-5, rtol=1e-4)
+    assert ours.out_dim == 8 * dirs
+
+
+def test_reverse_within_lengths_is_an_involution() -> None:
+    from mmdigits.models.audio import reverse_within_lengths
+
+    x = torch.arange(2 * 4, dtype=torch.float32).view(2, 4, 1)
+    r = reverse_within_lengths(x, torch.tensor([3, 1]))
+    assert r[..., 0].tolist() == [[2.0, 1.0, 0.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
+    torch.testing.assert_close(reverse_within_lengths(r, torch.tensor([3, 1])), x)

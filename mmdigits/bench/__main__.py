@@ -4,7 +4,8 @@ Prints one table with:
   throughput  training pairs/s of the default model and inference pairs/s (default vs seed model)
   overhead    one epoch through Lightning vs a plain PyTorch loop, same model/data/process (target <= 1.10)
   padding     length-bucketed dynamic padding vs padding to 93 frames, same model (target <= 0.7),
-              with the test accuracy each reaches (mean ± std over seeds)
+              with the test accuracy each reaches (mean ± std over seeds); the pad-93 baseline is timed
+              with the dense and the packed RNN, and the ratio uses the faster
 """
 
 from __future__ import annotations
@@ -122,11 +123,18 @@ def _inference_rate(model: Any, dm: Any) -> float:
 def bench_padding(data_dir: str, epochs: int, seeds: int, extra: list[str] | None = None) -> dict[str, Any]:
     """Same CRNN, audio-digit task: bucketed dynamic padding vs fixed 93 frames, ``seeds`` runs per arm.
 
+    The pad-93 baseline runs with both RNN implementations (dense, which reads the padding, and packed,
+    which skips it; same weights give the same outputs) and the ratio is taken against the faster one.
     Epoch time covers training and validation; accuracy is on the test split (unseen speakers).
     """
     import numpy as np
 
-    arms = {"bucketed": ["data.bucketing=true"], "pad93": ["data.bucketing=false", "data.pad_to=93"]}
+    pad93 = ["data.bucketing=false", "data.pad_to=93"]
+    arms = {
+        "bucketed": ["data.bucketing=true"],
+        "pad93": pad93,
+        "pad93_packed": [*pad93, "model.audio_encoder.packed=true"],
+    }
     times: dict[str, list[float]] = {a: [] for a in arms}
     accs: dict[str, list[float]] = {a: [] for a in arms}
     for seed in range(seeds):
@@ -146,7 +154,8 @@ def bench_padding(data_dir: str, epochs: int, seeds: int, extra: list[str] | Non
         out[f"{name}_epoch_s"] = float(np.mean(times[name]))
         out[f"{name}_acc_mean"] = float(np.mean(accs[name]))
         out[f"{name}_acc_std"] = float(np.std(accs[name]))
-    out["ratio"] = out["bucketed_epoch_s"] / out["pad93_epoch_s"]
+    out["baseline"] = min(("pad93", "pad93_packed"), key=lambda a: out[f"{a}_epoch_s"])
+    out["ratio"] = out["bucketed_epoch_s"] / out[f"{out['baseline']}_epoch_s"]
     return out
 
 
@@ -190,22 +199,25 @@ def main(argv: list[str] | None = None) -> None:
     if args.only in (None, "padding"):
         p = bench_padding(args.data_dir, args.padding_epochs, args.padding_seeds)
         label = f"crnn, audio digit, {args.padding_epochs} epochs x {args.padding_seeds} seeds"
-        rows.append(
-            (
-                f"epoch s, bucketed vs pad-93 ({label})",
-                f"{p['bucketed_epoch_s']:.2f}",
-                f"{p['pad93_epoch_s']:.2f}",
-                f"ratio {p['ratio']:.3f} (target <= 0.7)",
+        base = p["baseline"]
+        for arm in ("pad93", "pad93_packed"):
+            rows.append(
+                (
+                    f"epoch s, bucketed vs {arm} ({label})",
+                    f"{p['bucketed_epoch_s']:.2f}",
+                    f"{p[f'{arm}_epoch_s']:.2f}",
+                    f"ratio {p['bucketed_epoch_s'] / p[f'{arm}_epoch_s']:.3f}"
+                    + (" (faster baseline; target <= 0.7)" if arm == base else ""),
+                )
             )
-        )
-        rows.append(
-            (
-                "test acc (unseen speakers), bucketed vs pad-93",
-                f"{p['bucketed_acc_mean']:.4f} ± {p['bucketed_acc_std']:.4f}",
-                f"{p['pad93_acc_mean']:.4f} ± {p['pad93_acc_std']:.4f}",
-                "no loss of accuracy",
+            rows.append(
+                (
+                    f"test acc (unseen speakers), bucketed vs {arm}",
+                    f"{p['bucketed_acc_mean']:.4f} ± {p['bucketed_acc_std']:.4f}",
+                    f"{p[f'{arm}_acc_mean']:.4f} ± {p[f'{arm}_acc_std']:.4f}",
+                    "no loss of accuracy",
+                )
             )
-        )
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads")
     print("| measure | ours | baseline | ratio / target |\n|---|---|---|---|")
     for r in rows:
