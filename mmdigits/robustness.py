@@ -64,7 +64,7 @@ def _logits(model: MultimodalModule, batch: dict[str, Tensor], keep: dict[str, T
     feats = [f * keep[m].unsqueeze(1).to(f) if m in keep else f for m, f in zip(names, feats)]
     logits = model.fusion(feats).float()
     if model.task == "match":
-        logits = logits.squeeze(-1) + model.prior_logit_shift
+        logits = logits.squeeze(-1) + model.decision_shift
     return logits
 
 

@@ -1,4 +1,4 @@
-"""The LightningModule's prior correction for balanced sampling."""
+"""The LightningModule: prior correction for balanced sampling, validation-tuned decision point, layouts."""
 
 from __future__ import annotations
 
@@ -72,3 +72,66 @@ def test_channels_last_changes_memory_layout_not_outputs(image_encoder):
     }
     with torch.no_grad():
         torch.testing.assert_close(nhwc(batch), nchw(batch), atol=1e-5, rtol=1e-4)
+
+
+def _match_module() -> MultimodalModule:
+    return MultimodalModule(
+        audio_encoder={"_target_": "mmdigits.models.audio.CNN1dEncoder"},
+        image_encoder={"_target_": "mmdigits.models.image.LeNet"},
+        fusion={"_target_": "mmdigits.models.fusion.AgreementFusion"},
+        threshold_from_val=True,
+    )
+
+
+def test_threshold_tuned_on_validation_predictions():
+    model = _match_module()
+    # a too cautious model: positives at logits -3..-1, negatives at -8..-5: any shift in (3, 5) is perfect
+    logits = torch.cat([torch.linspace(-3, -1, 20), torch.linspace(-8, -5, 180)])
+    target = torch.cat([torch.ones(20), torch.zeros(180)]).bool()
+    assert ((logits > 0) == target).float().mean() == pytest.approx(0.9)
+    model._tune_threshold(logits, target)
+    shift = float(model.val_logit_shift)
+    assert 3 < shift < 5 and shift == pytest.approx(4.0, abs=0.1)  # the middle of the perfect range
+    assert float(model.decision_shift) == pytest.approx(shift)
+    # the next validation sees logits that already include the shift: it stays put
+    model._tune_threshold(logits + shift, target)
+    assert float(model.val_logit_shift) == pytest.approx(shift)
+    model._tune_threshold(logits, torch.zeros(200, dtype=torch.bool))  # one class: nothing to tune
+    assert float(model.val_logit_shift) == pytest.approx(shift)
+
+
+def test_checkpoint_carries_the_shift_tuned_on_its_own_validation(tmp_path, tiny_dataset_dir):
+    cfg = compose_cfg(
+        "train",
+        [
+            f"data.dir={tiny_dataset_dir}",
+            "data.batch_size=32",
+            "data.sampler=weighted",
+            "model.threshold_from_val=true",
+            "trainer.max_epochs=2",
+            "~callbacks.rich_progress_bar",
+            "test=false",
+        ],
+        tmp_path,
+    )
+    metrics = train(cfg)
+    model = load_checkpoint_model(metrics["best_model_path"])
+    stored = float(model.val_logit_shift)
+    dm = MMDigitsDataModule(dir=str(tiny_dataset_dir), batch_size=32)
+    dm.setup("fit")
+    batches = list(dm.val_dataloader())
+    with torch.no_grad():
+        logits = torch.cat([model(b) for b in batches])  # eval logits include the stored shift
+    target = torch.cat([b["target"] for b in batches]).bool()
+    acc = lambda x: ((x > 0) == target).float().mean()  # noqa: E731
+    assert acc(logits) >= acc(logits - stored)
+    model._tune_threshold(logits, target)
+    assert float(model.val_logit_shift) == pytest.approx(stored, abs=0.1)
+
+
+def test_checkpoint_without_the_tuned_shift_still_loads():
+    model = _match_module()
+    state = {k: v for k, v in model.state_dict().items() if k != "val_logit_shift"}
+    fresh = _match_module()
+    fresh.load_state_dict(state, strict=True)
+    assert float(fresh.val_logit_shift) == 0.0

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mmdigits.errors import CheckpointError
-from mmdigits.models.module import MultimodalModule
+from mmdigits.models.module import OPTIONAL_BUFFERS, MultimodalModule
 
 
 def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
@@ -37,7 +37,7 @@ def check_resume_checkpoint(path: str | Path, model: MultimodalModule) -> None:
         raise CheckpointError(f"{path}: holds weights only (no training state), so it cannot resume a run")
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items() if hasattr(v, "shape")}
-    problems = [f"missing {k}" for k in expected if k not in found]
+    problems = [f"missing {k}" for k in expected if k not in found and k not in OPTIONAL_BUFFERS]
     problems += [f"unexpected {k}" for k in found if k not in expected]
     problems += [f"{k} {found[k]} != {v}" for k, v in expected.items() if k in found and found[k] != v]
     if problems:

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from lightning import LightningModule
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics import CatMetric, MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
@@ -26,6 +26,8 @@ from mmdigits.models.layers import lengths_to_mask
 
 TASKS = ("match", "digit", "image_digit", "audio_digit")
 N_DIGITS = 10
+# buffers added after checkpoints were first written: loading an older checkpoint keeps their defaults
+OPTIONAL_BUFFERS = ("val_logit_shift",)
 
 
 def _as_container(cfg: Any) -> Any:
@@ -82,6 +84,7 @@ class MultimodalModule(LightningModule):
         audio_time_mask: int = 0,
         image_shift: int = 0,
         channels_last: bool = True,
+        threshold_from_val: bool = False,
         data_info: dict | None = None,
     ) -> None:
         super().__init__()
@@ -118,6 +121,8 @@ class MultimodalModule(LightningModule):
         self.register_buffer("image_std", torch.tensor(1.0))
         # logit offset that maps the training prior back to the data prior (balanced sampling)
         self.register_buffer("prior_logit_shift", torch.tensor(0.0))
+        # further offset that maximises validation accuracy (threshold_from_val); 0 = decide at p = 0.5
+        self.register_buffer("val_logit_shift", torch.tensor(0.0))
 
         self._build_metrics()
 
@@ -142,6 +147,7 @@ class MultimodalModule(LightningModule):
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # survives a resume from checkpoint
+        self.val_logits, self.val_targets = CatMetric(), CatMetric()  # for threshold_from_val
         self.aux_acc = nn.ModuleDict(
             {
                 f"{stage}_{m}": MulticlassAccuracy(N_DIGITS, average="micro")
@@ -162,6 +168,16 @@ class MultimodalModule(LightningModule):
     def set_normalization(self, stats: dict[str, Tensor]) -> None:
         for name in ("audio_mean", "audio_std", "image_mean", "image_std"):
             getattr(self, name).copy_(torch.as_tensor(stats[name], dtype=torch.float32))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        for name in OPTIONAL_BUFFERS:
+            state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def decision_shift(self) -> Tensor:
+        """Added to match logits outside training: prior correction plus the validation-tuned offset."""
+        return self.prior_logit_shift + self.val_logit_shift
 
     def set_prior(self, data_pos_rate: float, train_pos_rate: float) -> None:
         def logit(p: float) -> float:
@@ -227,7 +243,7 @@ class MultimodalModule(LightningModule):
         if self.task == "match":
             logits = logits.squeeze(-1)
             if not self.training:
-                logits = logits + self.prior_logit_shift
+                logits = logits + self.decision_shift
         return logits
 
     def predict_proba(self, batch: dict[str, Tensor]) -> Tensor:
@@ -243,7 +259,10 @@ class MultimodalModule(LightningModule):
             logits = logits.squeeze(-1).float()
             loss = F.binary_cross_entropy_with_logits(logits, target.float())
             if stage != "train":
-                logits = logits + self.prior_logit_shift
+                logits = logits + self.decision_shift
+            if stage == "val" and self.hparams.threshold_from_val:
+                self.val_logits.update(logits.detach())
+                self.val_targets.update(target.detach().float())
             preds = torch.sigmoid(logits)
         else:
             logits = logits.float()
@@ -325,6 +344,27 @@ class MultimodalModule(LightningModule):
         self._log_aux("val")
         self.val_metrics.reset()
         self.val_loss.reset()
+        tune = self.task == "match" and self.hparams.threshold_from_val and self.val_logits.update_called
+        if tune and not self.trainer.sanity_checking:  # 2 batches of an untrained model: not worth a shift
+            self._tune_threshold(self.val_logits.compute(), self.val_targets.compute().bool())
+            self.log("val/logit_shift", self.val_logit_shift, sync_dist=True)
+        self.val_logits.reset()
+        self.val_targets.reset()
+
+    @torch.no_grad()
+    def _tune_threshold(self, logits: Tensor, target: Tensor) -> None:
+        """Move the decision point to the logit shift that maximises accuracy on these (validation)
+        predictions. The prior correction alone is exact only for calibrated probabilities; a model trained
+        on balanced batches is often too cautious on positives. Called after each validation, so every
+        checkpoint carries the shift tuned on its own epoch's validation predictions (the epoch's val
+        metrics were measured with the previous shift), and the test split is never looked at."""
+        if target.all() or not target.any():
+            return  # one class only: nothing to tune against
+        grid = torch.linspace(-8.0, 8.0, 321, device=logits.device)
+        extra = grid - self.val_logit_shift  # logits already include the current shift
+        acc = ((logits[None, :] + extra[:, None] > 0) == target[None, :]).float().mean(1)
+        best = torch.nonzero(acc >= acc.max() - 1e-9).flatten()
+        self.val_logit_shift.copy_(grid[best[len(best) // 2]])  # middle of the best candidates
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute(), sync_dist=True)
