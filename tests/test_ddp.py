@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mmdigits.data.datamodule import MMDigitsDataModule
 from mmdigits.data.samplers import EvalBatchSampler, TrainBatchSampler
 from mmdigits.evaluate import evaluate
+from mmdigits.models.loading import load_checkpoint_model
 from tests.hydra_utils import compose_cfg
 from tests.test_reliability import read_metrics, run_cli, train_args
 
@@ -68,7 +71,13 @@ def test_datamodule_shards_its_train_rows_across_ranks(make_tiny_datamodule):
 
 @pytest.mark.slow
 def test_ddp_cpu_trains_validates_tests_and_only_rank0_writes(tmp_path, tiny_dataset_dir):
-    common = ["trainer.max_epochs=3", "data.bucketing=false", "callbacks.early_stopping=null"]
+    # threshold_from_val: every rank must tune its shift on all ranks' validation predictions (checked below)
+    common = [
+        "trainer.max_epochs=3",
+        "data.bucketing=false",
+        "callbacks.early_stopping=null",
+        "model.threshold_from_val=true",
+    ]
     single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
     single = run_cli(
         "mmdigits.train", *train_args(tiny_dataset_dir, single_dir, *common, "data.batch_size=16")
@@ -103,6 +112,19 @@ def test_ddp_cpu_trains_validates_tests_and_only_rank0_writes(tmp_path, tiny_dat
     for key in ("test/acc", "test/f1", "test/auroc", "test/loss"):
         assert again[key] == pytest.approx(b[key], abs=1e-6), key
 
+    # ...and its decision shift is the one the whole validation split gives, not one rank's half
+    model = load_checkpoint_model(b["best_model_path"])
+    dm = MMDigitsDataModule(
+        dir=str(tiny_dataset_dir), batch_size=16, bucketing=False, seed=7
+    )  # train_args' split
+    dm.setup("fit")
+    batches = list(dm.val_dataloader())
+    with torch.no_grad():
+        logits = torch.cat([model(batch) for batch in batches])
+    stored = float(model.val_logit_shift)
+    model._tune_threshold(logits, torch.cat([batch["target"] for batch in batches]).bool())
+    assert float(model.val_logit_shift) == pytest.approx(stored, abs=1e-6)
+
     # only rank 0 wrote files: one metrics.json, one log, one .hydra, one tensorboard run
     files = sorted(str(p.relative_to(ddp_dir)) for p in ddp_dir.rglob("*") if p.is_file())
     assert not [f for f in files if "ddp_process" in f or "rank" in f], files
@@ -116,6 +138,6 @@ def test_ddp_cpu_trains_validates_tests_and_only_rank0_writes(tmp_path, tiny_dat
     events = sorted((ddp_dir / "tensorboard").rglob("events.out.tfevents.*"))
     assert len({p.parent for p in events}) == 1
     tags = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
-    assert {"val/acc", "test/acc"} <= set(tags)
+    assert {"val/acc", "test/acc", "val/logit_shift"} <= set(tags)
     ckpts = sorted(p.name for p in (ddp_dir / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts and all(p.endswith(".ckpt") for p in ckpts)
