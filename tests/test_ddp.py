@@ -114,9 +114,8 @@ def test_ddp_cpu_trains_validates_tests_and_only_rank0_writes(tmp_path, tiny_dat
 
     # ...and its decision shift is the one the whole validation split gives, not one rank's half
     model = load_checkpoint_model(b["best_model_path"])
-    dm = MMDigitsDataModule(
-        dir=str(tiny_dataset_dir), batch_size=16, bucketing=False, seed=7
-    )  # train_args' split
+    # seed=7: the validation split train_args' runs used
+    dm = MMDigitsDataModule(dir=str(tiny_dataset_dir), batch_size=16, bucketing=False, seed=7)
     dm.setup("fit")
     batches = list(dm.val_dataloader())
     with torch.no_grad():

@@ -202,8 +202,7 @@ def test_masked_rnn_equals_packed_torch_rnn(
     ours = MaskedRNN(cell, 13, 8, num_layers, bidirectional, packed=packed)
     ours.load_state_dict(ref.state_dict())
     x, lens = _batch(LENGTHS, 93, garbage=True)
-    packed = pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
-    out_ref, h = ref(packed)
+    out_ref, h = ref(pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False))
     out_ref, _ = pad_packed_sequence(out_ref, batch_first=True, total_length=93)
     h = h[0] if cell == "lstm" else h
     dirs = 2 if bidirectional else 1

@@ -66,8 +66,12 @@ class MaskedRNN(nn.Module):
             nn.ModuleList(cls(n, hidden_size, batch_first=True) for _ in range(dirs)) for n in sizes
         )
         # packed mode runs torch's own (bi-directional) packed kernel on these weights; a plain list keeps
-        # the templates out of the state dict
-        self._templates = [cls(n, hidden_size, batch_first=True, bidirectional=bidirectional) for n in sizes]
+        # the templates out of the state dict, and dense mode needs none
+        self._templates = (
+            [cls(n, hidden_size, batch_first=True, bidirectional=bidirectional) for n in sizes]
+            if packed
+            else []
+        )
         self.drop = nn.Dropout(dropout if num_layers > 1 else 0.0)
         self.out_dim = hidden_size * dirs
 

@@ -344,8 +344,8 @@ class MultimodalModule(LightningModule):
         self._log_aux("val")
         self.val_metrics.reset()
         self.val_loss.reset()
-        tune = self.task == "match" and self.hparams.threshold_from_val and self.val_logits.update_called
-        if tune and not self.trainer.sanity_checking:  # 2 batches of an untrained model: not worth a shift
+        # val_logits is filled only for the match task with threshold_from_val (see _step)
+        if self.val_logits.update_called and not self.trainer.sanity_checking:  # sanity: untrained model
             self._tune_threshold(self.val_logits.compute(), self.val_targets.compute().bool())
             self.log("val/logit_shift", self.val_logit_shift, sync_dist=True)
         self.val_logits.reset()
