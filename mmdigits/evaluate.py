@@ -31,7 +31,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = metrics_to_floats(trainer.callback_metrics)
     metrics["ckpt_path"] = str(cfg.ckpt_path)
     if cfg.get("robustness", False):
-        from mmdigits.robustness import robustness_report
+        from mmdigits.analysis.robustness import robustness_report
 
         metrics["robustness"] = robustness_report(model, datamodule, Path(cfg.paths.output_dir))
     write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)

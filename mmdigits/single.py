@@ -11,9 +11,9 @@ import librosa
 import torch
 from omegaconf import DictConfig
 
+from mmdigits.data.media import load_digit_image
 from mmdigits.data.sources import MfccSettings, wav_mfcc
 from mmdigits.errors import MMDigitsError
-from mmdigits.images import load_digit_image
 from mmdigits.models.loading import load_checkpoint_model
 from mmdigits.models.module import MultimodalModule
 

@@ -14,7 +14,7 @@ PLT = "\nimport matplotlib.pyplot as plt\n"
 DATA_TOUR = [
     "# Data tour\nImages, MFCC maps, utterance lengths, match rate and speakers of a challenge directory "
     "(`MMDIGITS_DATA_DIR`, default `Dataset`).",
-    SETUP + PLT + "import numpy as np\n\nfrom mmdigits.data.dataset import load_challenge_dir\n\n"
+    SETUP + PLT + "import numpy as np\n\nfrom mmdigits.data.challenge import load_challenge_dir\n\n"
     'data = load_challenge_dir(os.environ.get("MMDIGITS_DATA_DIR", "Dataset"))\n'
     "train = data.train\nlen(data.train), len(data.test), data.has_digit_labels",
     "fig, axes = plt.subplots(2, 8, figsize=(12, 3.4))\n"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mmdigits.data.build import build_dataset
-from mmdigits.data.synthetic import write_tiny_corpora
+from tests.synthetic import write_tiny_corpora
 
 TINY_BUILD = {"n_train": 400, "n_test": 200, "match_rate": 0.3, "seed": 0}
 

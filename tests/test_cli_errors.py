@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmdigits.data.dataset import load_challenge_dir
+from mmdigits.data.challenge import load_challenge_dir
 from mmdigits.data.errors import DataError
 from mmdigits.errors import CheckpointError, MMDigitsError
 from mmdigits.models.loading import check_resume_checkpoint, load_checkpoint_model
@@ -292,7 +292,7 @@ def test_bad_png_for_single_pair_prediction(trained_ckpt, tmp_path, capsys):
     single = pytest.importorskip("mmdigits.single")
     from PIL import Image
 
-    from mmdigits.images import load_digit_image
+    from mmdigits.data.media import load_digit_image
 
     not_png = tmp_path / "digit.png"
     not_png.write_bytes(b"\x89PNG\r\n\x1a\n but then garbage")

@@ -23,7 +23,7 @@ from mmdigits.data.sources import (
     resolve_raw_dir,
     wav_mfcc,
 )
-from mmdigits.data.synthetic import write_idx_gz
+from tests.synthetic import write_idx_gz
 
 
 def sha(p: Path) -> str:

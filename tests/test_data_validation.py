@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmdigits.data.dataset import check_spoken, check_written, load_challenge_dir
+from mmdigits.data.challenge import check_spoken, check_written, load_challenge_dir
 from mmdigits.data.errors import DataError
 
 BASE = ("written", "spoken", "match")

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmdigits.checkpoint_io import AtomicCheckpointIO
 from mmdigits.data.build import BUILDING_MARKER, build_dataset, is_complete
 from mmdigits.train import train
+from mmdigits.utils.checkpoint_io import AtomicCheckpointIO
 from mmdigits.utils.io import atomic_save_npy
 from mmdigits.utils.run import write_json
 from tests.hydra_utils import compose_cfg

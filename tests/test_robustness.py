@@ -7,9 +7,9 @@ import math
 
 import pytest
 
+from mmdigits.analysis.robustness import robustness_report
 from mmdigits.evaluate import evaluate
 from mmdigits.models.loading import load_checkpoint_model
-from mmdigits.robustness import robustness_report
 from tests.hydra_utils import compose_cfg
 from tests.trained_runs import seed_runs, trained_run
 

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmdigits.data.build import ensure_dataset, is_complete, read_manifest
-from mmdigits.data.dataset import ChallengeData, SplitData, load_challenge_dir
+from mmdigits.data.challenge import ChallengeData, SplitData, load_challenge_dir
 from mmdigits.data.errors import DataError
 from mmdigits.data.samplers import SAMPLERS, EvalBatchSampler, TrainBatchSampler
 from mmdigits.data.tensors import BatchDataset, SplitTensors

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from mmdigits.data.dataset import N_MFCC, SplitData
+from mmdigits.data.challenge import N_MFCC, SplitData
 
 
 @dataclass

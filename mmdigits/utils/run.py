@@ -17,8 +17,8 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from mmdigits.checkpoint_io import LastCheckpointEveryEpoch
 from mmdigits.errors import CheckpointError
+from mmdigits.utils.checkpoint_io import LastCheckpointEveryEpoch
 from mmdigits.utils.io import atomic_write_json
 from mmdigits.utils.seeding import BatchSeed
 from mmdigits.utils.signals import CheckpointOnInterrupt
