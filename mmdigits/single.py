@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from mmdigits.data.media import load_digit_image
-from mmdigits.data.sources import MfccSettings, wav_mfcc
+from mmdigits.data.raw import MfccSettings, wav_mfcc
 from mmdigits.errors import MMDigitsError
 from mmdigits.models.loading import load_checkpoint_model
 from mmdigits.models.module import MultimodalModule

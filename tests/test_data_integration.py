@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mmdigits.data.build import build_dataset, is_complete, read_manifest
-from mmdigits.data.sources import KNOWN_SHA256
+from mmdigits.data.raw import KNOWN_SHA256
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

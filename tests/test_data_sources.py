@@ -13,7 +13,7 @@ import pytest
 
 from mmdigits.data.download import download_file
 from mmdigits.data.errors import DataError
-from mmdigits.data.sources import (
+from mmdigits.data.raw import (
     ENV_RAW_DIR,
     RawCorpora,
     arabic_metadata,
@@ -134,7 +134,7 @@ def test_fsdd_mfcc_shape_and_cache(
     n = sf.info(str(f0)).frames
     assert c.feats[0].shape[0] == n // 80 + 1  # 10 ms hop at 8 kHz, centred frames
     assert len(list((tmp_path / "cache").glob("fsdd_mfcc_*.npz"))) == 1
-    import mmdigits.data.sources as S
+    import mmdigits.data.raw as S
 
     def no_compute(*a: object, **k: object) -> None:
         raise AssertionError("cache not used")

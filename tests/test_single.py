@@ -15,7 +15,7 @@ from PIL import Image
 from mmdigits.data.build import build_dataset
 from mmdigits.data.errors import DataError
 from mmdigits.data.media import load_digit_image, save_png, to_mnist
-from mmdigits.data.sources import read_idx
+from mmdigits.data.raw import read_idx
 from mmdigits.errors import MMDigitsError
 from mmdigits.models.loading import load_checkpoint_model
 from mmdigits.single import predict_pair, predict_single

@@ -21,7 +21,7 @@ import numpy as np
 
 from mmdigits.data.download import sha256_file
 from mmdigits.data.errors import DataError
-from mmdigits.data.sources import AudioCorpus, MfccSettings, RawCorpora
+from mmdigits.data.raw import AudioCorpus, MfccSettings, RawCorpora
 from mmdigits.utils.io import atomic_write_json
 
 FORMAT_VERSION = 1
