@@ -11,8 +11,7 @@ import librosa
 import torch
 from omegaconf import DictConfig
 
-from mmdigits.data.media import load_digit_image
-from mmdigits.data.raw import MfccSettings, wav_mfcc
+from mmdigits.data.media import MfccSettings, load_digit_image, wav_mfcc
 from mmdigits.errors import MMDigitsError
 from mmdigits.models.loading import load_checkpoint_model
 from mmdigits.models.module import MultimodalModule

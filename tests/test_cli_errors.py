@@ -17,8 +17,7 @@ import pytest
 import torch
 
 from mmdigits.data.challenge import load_challenge_dir
-from mmdigits.data.errors import DataError
-from mmdigits.errors import CheckpointError, MMDigitsError
+from mmdigits.errors import CheckpointError, DataError, MMDigitsError
 from mmdigits.models.loading import check_resume_checkpoint, load_checkpoint_model
 from mmdigits.train import train
 from mmdigits.utils.cli import clean_errors

@@ -10,7 +10,7 @@ import pytest
 
 import mmdigits.data.build as B
 from mmdigits.data.build import build_dataset, ensure_dataset, is_complete, main
-from mmdigits.data.errors import DataError
+from mmdigits.errors import DataError
 
 SMALL = {"n_train": 120, "n_test": 150, "match_rate": 0.25, "seed": 3}
 

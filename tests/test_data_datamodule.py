@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmdigits.data.errors import DataError
 from mmdigits.data.samplers import EvalBatchSampler, TrainBatchSampler
+from mmdigits.errors import DataError
 
 
 def collect(loader: object) -> list[dict[str, torch.Tensor]]:

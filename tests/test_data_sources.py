@@ -11,18 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mmdigits.data.corpora import arabic_metadata, parse_arabic, read_idx
 from mmdigits.data.download import download_file
-from mmdigits.data.errors import DataError
-from mmdigits.data.raw import (
-    ENV_RAW_DIR,
-    RawCorpora,
-    arabic_metadata,
-    fsdd_mfcc_cached,
-    parse_arabic,
-    read_idx,
-    resolve_raw_dir,
-    wav_mfcc,
-)
+from mmdigits.data.media import wav_mfcc
+from mmdigits.data.raw import ENV_RAW_DIR, RawCorpora, fsdd_mfcc_cached, resolve_raw_dir
+from mmdigits.errors import DataError
 from tests.synthetic import write_idx_gz
 
 

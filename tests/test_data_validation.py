@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mmdigits.data.challenge import check_spoken, check_written, load_challenge_dir
-from mmdigits.data.errors import DataError
+from mmdigits.errors import DataError
 
 BASE = ("written", "spoken", "match")
 

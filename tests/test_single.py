@@ -13,10 +13,9 @@ import torch
 from PIL import Image
 
 from mmdigits.data.build import build_dataset
-from mmdigits.data.errors import DataError
+from mmdigits.data.corpora import read_idx
 from mmdigits.data.media import load_digit_image, save_png, to_mnist
-from mmdigits.data.raw import read_idx
-from mmdigits.errors import MMDigitsError
+from mmdigits.errors import DataError, MMDigitsError
 from mmdigits.models.loading import load_checkpoint_model
 from mmdigits.single import predict_pair, predict_single
 from tests.hydra_utils import compose_cfg

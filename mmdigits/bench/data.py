@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import torch
 
 from mmdigits.data.datamodule import MMDigitsDataModule
-from mmdigits.data.errors import DataError
 from mmdigits.data.samplers import SAMPLERS
+from mmdigits.errors import DataError
 
 
 def bench(dm: MMDigitsDataModule, sampler: str, bucketing: bool, batches: int | None) -> dict[str, float]:

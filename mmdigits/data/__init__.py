@@ -1,5 +1,1 @@
-"""Data layer: raw corpora readers, dataset builder, challenge-dir loader, samplers and the DataModule."""
-
-from mmdigits.data.errors import DataError
-
-__all__ = ["DataError"]
+"""Data layer: raw corpora, dataset build, challenge-dir loading and validation, samplers, the DataModule."""

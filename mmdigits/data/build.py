@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from mmdigits.data.corpora import AudioCorpus
 from mmdigits.data.download import sha256_file
-from mmdigits.data.errors import DataError
-from mmdigits.data.raw import AudioCorpus, MfccSettings, RawCorpora
+from mmdigits.data.media import MfccSettings
+from mmdigits.data.raw import RawCorpora
+from mmdigits.errors import DataError
 from mmdigits.utils.io import atomic_write_json
 
 FORMAT_VERSION = 1

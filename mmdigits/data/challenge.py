@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from mmdigits.data.errors import DataError
+from mmdigits.errors import DataError
 
 N_PIXELS = 784
 N_MFCC = 13

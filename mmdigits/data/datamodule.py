@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 from mmdigits.data.build import ensure_dataset, is_complete, read_manifest
 from mmdigits.data.challenge import ChallengeData, SplitData, load_challenge_dir
 from mmdigits.data.dataset import BatchDataset, SplitTensors
-from mmdigits.data.errors import DataError
 from mmdigits.data.samplers import SAMPLERS, EvalBatchSampler, TrainBatchSampler
+from mmdigits.errors import DataError
 
 log = logging.getLogger(__name__)
 TASKS = ("match", "digit", "image_digit", "audio_digit")

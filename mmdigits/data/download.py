@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mmdigits.data.errors import DataError
+from mmdigits.errors import DataError
 
 CHUNK = 1 << 20
 

@@ -1,18 +1,23 @@
-"""Turn any picture of a digit into an MNIST-style 28x28 image (white digit on black, 20 px box, centred).
+"""Media files a user hands us: pictures of digits and recordings.
 
-MNIST's recipe: greyscale, the digit's bounding box scaled (aspect kept) so its longest side is 20 px,
-then pasted into a 28x28 frame so that its centre of mass sits at the frame centre.
+Pictures become MNIST-style 28x28 images (white digit on black, 20 px box, centred) the way MNIST's
+were made: greyscale, the digit's bounding box scaled (aspect kept) so its longest side is 20 px, then
+pasted into a 28x28 frame so that its centre of mass sits at the frame centre. Recordings (WAV) become
+13 MFCCs per 10 ms frame with librosa.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mmdigits.errors import MMDigitsError
+from mmdigits.data.challenge import N_MFCC
+from mmdigits.errors import DataError, MMDigitsError
 
 SIZE, BOX = 28, 20
 INK_THRESHOLD = 0.1  # fraction of the image's contrast range that counts as ink when cropping
@@ -83,3 +88,73 @@ def save_png(arr: np.ndarray, path: str | os.PathLike[str]) -> Path:
     """Write a uint8 (28, 28) or (784,) image as PNG (handy for tests and notebooks)."""
     Image.fromarray(np.asarray(arr, np.uint8).reshape(SIZE, SIZE)).save(path)
     return Path(path)
+
+
+# ----------------------------------------------------------------------------- recordings
+
+
+@dataclass(frozen=True)
+class MfccSettings:
+    """MFCC settings for FSDD: 13 coefficients, 10 ms hop (sr / 100)."""
+
+    sr: int = 8000
+    n_mfcc: int = N_MFCC
+    n_fft: int = 256
+    n_mels: int = 40
+
+    @property
+    def hop_length(self) -> int:
+        return self.sr // 100
+
+    def as_dict(self) -> dict:
+        import librosa
+
+        return {
+            "sr": self.sr,
+            "n_mfcc": self.n_mfcc,
+            "n_fft": self.n_fft,
+            "n_mels": self.n_mels,
+            "hop_length": self.hop_length,
+            "librosa": librosa.__version__,
+        }
+
+
+def read_wav(path: str | os.PathLike[str], sr: int) -> np.ndarray:
+    """Read a mono WAV file as float32, resampled to ``sr``; DataError if it is not a readable WAV."""
+    import soundfile as sf
+
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        raise DataError(f"{path}: not a WAV file (header {head[:12]!r}); expected a RIFF/WAVE audio file")
+    try:
+        y, file_sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as e:  # libsndfile errors have several types
+        raise DataError(f"{path}: unreadable WAV file ({e}); expected PCM RIFF/WAVE audio") from e
+    if y.shape[0] == 0:
+        raise DataError(f"{path}: WAV file has no samples; expected a non-empty recording")
+    y = y.mean(axis=1)
+    if file_sr != sr:
+        import librosa
+
+        y = librosa.resample(y, orig_sr=file_sr, target_sr=sr)
+    return y.astype(np.float32)
+
+
+def wav_mfcc(path: str | os.PathLike[str], settings: MfccSettings = MfccSettings()) -> np.ndarray:
+    """MFCC of a wav file, float32 (frames, n_mfcc)."""
+    import librosa
+
+    y = read_wav(path, settings.sr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # n_fft > len(y) for very short clips
+        m = librosa.feature.mfcc(
+            y=y,
+            sr=settings.sr,
+            n_mfcc=settings.n_mfcc,
+            n_fft=settings.n_fft,
+            hop_length=settings.hop_length,
+            n_mels=settings.n_mels,
+        )
+    return np.ascontiguousarray(m.T, dtype=np.float32)

@@ -1,37 +1,34 @@
-"""Readers for the raw corpora (MNIST IDX, UCI Spoken Arabic Digit, FSDD wav) with checksums and downloads."""
+"""The raw corpora on disk (MNIST, UCI Spoken Arabic Digit, FSDD): where they live, checksums, downloads, and
+the cached MFCC of the FSDD recordings."""
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 import shutil
 import tarfile
 import tempfile
-import warnings
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from mmdigits.data.corpora import AudioCorpus, arabic_metadata, parse_arabic, read_idx
 from mmdigits.data.download import download_file, sha256_file, verify_sha256
-from mmdigits.data.errors import DataError
+from mmdigits.data.media import MfccSettings, wav_mfcc
+from mmdigits.errors import DataError
 
 ENV_RAW_DIR = "MMDIGITS_RAW_DIR"
 ENV_CACHE_DIR = "MMDIGITS_CACHE_DIR"
 ENV_NO_DOWNLOAD = "MMDIGITS_NO_DOWNLOAD"
 DEFAULT_RAW_DIR = Path("Dataset/raw")
-N_MFCC = 13
 
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 ARABIC_FILES = {"train": "Train_Arabic_Digit.txt", "test": "Test_Arabic_Digit.txt"}
-ARABIC_TEST_SPEAKER_OFFSET = 66  # 66 train speakers: test speaker ids start at 66
-ARABIC_TEST_UTTERANCE_OFFSET = 6600  # 6600 train utterances: test utterance ids start at 6600
 FSDD_COMMIT = "26eb9aaf76e81b692f806f9140c2d2777410d7a1"
 FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 
@@ -67,185 +64,6 @@ def resolve_raw_dir(raw_dir: str | os.PathLike[str] | None = None) -> Path:
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get(ENV_CACHE_DIR) or Path.home() / ".cache" / "mmdigits")
-
-
-# ----------------------------------------------------------------------------- MNIST
-
-
-def read_idx(path: str | os.PathLike[str], expect_ndim: int | None = None) -> np.ndarray:
-    """Read a (gzip-compressed) IDX file of uint8 data, validating magic number and dimensions."""
-    path = Path(path)
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as fh:
-            raw = fh.read()
-    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
-        raise DataError(
-            f"{path}: truncated or corrupt gzip file ({e}); expected a complete gzip IDX file"
-        ) from e
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path}: bad IDX magic {raw[:4].hex()}; expected 0x000008NN (unsigned byte data)")
-    ndim = raw[3]
-    if expect_ndim is not None and ndim != expect_ndim:
-        raise DataError(f"{path}: IDX has {ndim} dimensions; expected {expect_ndim}")
-    if len(raw) < 4 + 4 * ndim:
-        raise DataError(f"{path}: truncated IDX header")
-    dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", ndim, 4))
-    n = int(np.prod(dims))
-    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
-    if data.size != n:
-        raise DataError(f"{path}: IDX payload has {data.size} bytes; expected {n} for dims {dims}")
-    return data.reshape(dims)
-
-
-# ----------------------------------------------------------------------------- Arabic
-
-
-def parse_arabic(path: str | os.PathLike[str]) -> list[np.ndarray]:
-    """Parse a UCI Spoken Arabic Digit file into a list of float32 (frames, 13) arrays (vectorised)."""
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("ascii")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not an ASCII text file ({e}); expected lines of 13 floats") from e
-    lines = text.split("\n")
-    blank = np.fromiter((not s.strip() for s in lines), bool, len(lines))
-    nonblank = ~blank
-    starts = nonblank & ~np.concatenate([[False], nonblank[:-1]])
-    block_of_line = np.cumsum(starts)[nonblank] - 1
-    counts = np.bincount(block_of_line) if block_of_line.size else np.zeros(0, np.int64)
-    n_frames = int(nonblank.sum())
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        try:
-            values = np.fromstring(text, dtype=np.float32, sep=" ")
-        except (ValueError, DeprecationWarning):
-            values = None
-    if values is None or values.size != n_frames * N_MFCC:
-        for i in np.flatnonzero(nonblank):
-            fields = lines[i].split()
-            try:
-                [float(x) for x in fields]
-            except ValueError:
-                raise DataError(
-                    f"{path}: line {i + 1}: non-numeric field; expected {N_MFCC} floats"
-                ) from None
-            if len(fields) != N_MFCC:
-                raise DataError(f"{path}: line {i + 1} has {len(fields)} fields; expected {N_MFCC} floats")
-        raise DataError(f"{path}: could not parse {n_frames} frames of {N_MFCC} floats")
-    if not counts.size:
-        raise DataError(f"{path}: no utterance blocks found; expected blocks of {N_MFCC}-float lines")
-    frames = values.reshape(n_frames, N_MFCC)
-    return np.split(frames, np.cumsum(counts)[:-1])
-
-
-@dataclass
-class AudioCorpus:
-    """Utterances of one split: float32 (T, 13) features with digit, speaker and global utterance ids."""
-
-    feats: list[np.ndarray]
-    digits: np.ndarray
-    speakers: np.ndarray
-    utterances: np.ndarray
-    speaker_names: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.feats)
-
-    def subset(self, mask: np.ndarray) -> AudioCorpus:
-        idx = np.flatnonzero(mask)
-        return AudioCorpus(
-            [self.feats[i] for i in idx],
-            self.digits[idx],
-            self.speakers[idx],
-            self.utterances[idx],
-            self.speaker_names,
-        )
-
-
-def arabic_metadata(n_blocks: int, split: str, path: Path | str = "") -> tuple[np.ndarray, ...]:
-    """digit, speaker, utterance ids for the blocks of an Arabic file (10 reps per speaker, speaker-major)."""
-    if n_blocks % 10:
-        raise DataError(
-            f"{path}: {n_blocks} utterance blocks; expected a multiple of 10 (same count per digit)"
-        )
-    per_digit = n_blocks // 10
-    b = np.arange(n_blocks, dtype=np.int64)
-    test = split == "test"
-    digit = b // per_digit
-    speaker = (b % per_digit) // 10 + (ARABIC_TEST_SPEAKER_OFFSET if test else 0)
-    utterance = b + (ARABIC_TEST_UTTERANCE_OFFSET if test else 0)
-    return digit, speaker, utterance
-
-
-# ----------------------------------------------------------------------------- FSDD
-
-
-@dataclass(frozen=True)
-class MfccSettings:
-    """MFCC settings for FSDD: 13 coefficients, 10 ms hop (sr / 100)."""
-
-    sr: int = 8000
-    n_mfcc: int = N_MFCC
-    n_fft: int = 256
-    n_mels: int = 40
-
-    @property
-    def hop_length(self) -> int:
-        return self.sr // 100
-
-    def as_dict(self) -> dict:
-        import librosa
-
-        return {
-            "sr": self.sr,
-            "n_mfcc": self.n_mfcc,
-            "n_fft": self.n_fft,
-            "n_mels": self.n_mels,
-            "hop_length": self.hop_length,
-            "librosa": librosa.__version__,
-        }
-
-
-def read_wav(path: str | os.PathLike[str], sr: int) -> np.ndarray:
-    """Read a mono WAV file as float32, resampled to ``sr``; DataError if it is not a readable WAV."""
-    import soundfile as sf
-
-    path = Path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(12)
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        raise DataError(f"{path}: not a WAV file (header {head[:12]!r}); expected a RIFF/WAVE audio file")
-    try:
-        y, file_sr = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as e:  # libsndfile errors have several types
-        raise DataError(f"{path}: unreadable WAV file ({e}); expected PCM RIFF/WAVE audio") from e
-    if y.shape[0] == 0:
-        raise DataError(f"{path}: WAV file has no samples; expected a non-empty recording")
-    y = y.mean(axis=1)
-    if file_sr != sr:
-        import librosa
-
-        y = librosa.resample(y, orig_sr=file_sr, target_sr=sr)
-    return y.astype(np.float32)
-
-
-def wav_mfcc(path: str | os.PathLike[str], settings: MfccSettings = MfccSettings()) -> np.ndarray:
-    """MFCC of a wav file, float32 (frames, n_mfcc)."""
-    import librosa
-
-    y = read_wav(path, settings.sr)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # n_fft > len(y) for very short clips
-        m = librosa.feature.mfcc(
-            y=y,
-            sr=settings.sr,
-            n_mfcc=settings.n_mfcc,
-            n_fft=settings.n_fft,
-            hop_length=settings.hop_length,
-            n_mels=settings.n_mels,
-        )
-    return np.ascontiguousarray(m.T, dtype=np.float32)
 
 
 def _sums_text(hashes: Mapping[str, str]) -> str:
@@ -406,8 +224,9 @@ class RawCorpora:
             shutil.rmtree(tmp, ignore_errors=True)
         archive.unlink(missing_ok=True)
 
-    def fsdd(self, settings: MfccSettings = MfccSettings()) -> AudioCorpus:
+    def fsdd(self, settings: MfccSettings | None = None) -> AudioCorpus:
         """All FSDD recordings as MFCC (frames, 13), cached on disk under ``cache_dir``."""
+        settings = settings or MfccSettings()
         files = self.fsdd_files()
         names = [p.name for p in files]
         feats = fsdd_mfcc_cached(files, settings, self.cache_dir or default_cache_dir())

@@ -12,29 +12,11 @@ from typing import Any, NoReturn
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 
-from mmdigits.errors import MMDigitsError
+from mmdigits.errors import USER_ERROR_EXIT_CODE, is_user_error
 from mmdigits.utils.signals import SIGTERM_EXIT_CODE, is_sigterm
 from mmdigits.utils.sweep import hydra_mode, record_failed_job, run_dir, write_error_file
 
 log = logging.getLogger("mmdigits")
-
-USER_ERROR_EXIT_CODE = 2
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [MMDigitsError, FileNotFoundError]
-    try:
-        from mmdigits.data.errors import DataError
-
-        errors.append(DataError)
-    except ImportError:  # pragma: no cover - data package always present
-        pass
-    return tuple(errors)
-
-
-def is_user_error(err: BaseException) -> bool:
-    """Problems with the user's files or settings (printed as one line), as opposed to bugs."""
-    return isinstance(err, _user_errors())
 
 
 def _full_error() -> bool:

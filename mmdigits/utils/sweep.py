@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from mmdigits.errors import is_user_error
 from mmdigits.utils.io import atomic_write_bytes
 
 log = logging.getLogger("mmdigits.sweep")
@@ -45,8 +46,6 @@ def run_dir() -> Path | None:
 
 def error_line(err: BaseException) -> str:
     """``error: <message>`` (the type name is added for non-user errors, whose message may be terse)."""
-    from mmdigits.utils.cli import is_user_error
-
     return f"error: {err}" if is_user_error(err) else f"error: {type(err).__name__}: {err}"
 
 
