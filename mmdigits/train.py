@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -10,22 +11,28 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from mmdigits.errors import MMDigitsError
 from mmdigits.models.loading import check_resume_checkpoint
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.run import (
+    budget,
     drop_nonzero_rank_log_files,
     hparams_for_logging,
     instantiate_callbacks,
     instantiate_loggers,
     metrics_to_floats,
-    reliability_callbacks,
     resolve_ckpt_path,
+    stopped_by,
     write_json,
 )
+from mmdigits.utils.rundir import RunDirLock, clear_run, config_hash, record_start, run_outputs, run_state
+from mmdigits.utils.sweep import hydra_mode
 
 log = logging.getLogger("mmdigits.train")
 
@@ -36,16 +43,63 @@ HPARAM_METRICS = ("val/acc_best", "test/acc", "test/f1", "test/auroc")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the model described by ``cfg``, test its best checkpoint, write ``metrics.json``.
 
-    Returns the metrics dict (also written to ``<output_dir>/metrics.json``).
+    Returns the metrics dict (also written to ``<output_dir>/metrics.json``). The run directory is locked
+    while the run writes to it (rank 0; the other DDP ranks share it).
     """
+    output_dir = Path(cfg.paths.output_dir)
+    if rank_zero_only.rank != 0:
+        return _train(cfg, cfg.get("ckpt_path"))
+    with RunDirLock(output_dir):
+        ckpt_path = _claim(cfg, output_dir)
+        if ckpt_path == "done":
+            metrics = json.loads((output_dir / "metrics.json").read_text())
+            log.info("skipped: %s finished with this config already (metrics.json)", output_dir)
+            return metrics
+        return _train(cfg, ckpt_path)
+
+
+def _claim(cfg: DictConfig, output_dir: Path) -> str | None:
+    """What to do with what the run directory already holds: the checkpoint to resume from, or ``done``.
+
+    A sweep job rerun in its sweep directory is skipped when it finished with the same config and resumes
+    from its last.ckpt when it was cut short. Anywhere else, another run's outputs are refused unless
+    ``ckpt_path=last`` (resume) or ``overwrite=true`` (start over) says what to do."""
+    h = config_hash(cfg)
+    ckpt_path = cfg.get("ckpt_path")
+    if hydra_mode() == RunMode.MULTIRUN and not ckpt_path:
+        state = run_state(output_dir, h)
+        if state in ("done", "partial"):
+            log.info(
+                "sweep job %s: %s, %s", output_dir.name, state, "skipping" if state == "done" else "resuming"
+            )
+            return "done" if state == "done" else "last"
+        if state == "other":
+            log.warning("%s: holds a run of another config; starting over", output_dir)
+            clear_run(output_dir)
+    elif not ckpt_path and run_outputs(output_dir):
+        if not cfg.get("overwrite", False):
+            raise MMDigitsError(
+                f"{output_dir}: holds a run already ({', '.join(run_outputs(output_dir))}); resume it with "
+                "ckpt_path=last, start a new run (leave hydra.run.dir out), or pass overwrite=true to start "
+                "over here"
+            )
+        log.warning("overwrite=true: removing the earlier run's outputs in %s", output_dir)
+        clear_run(output_dir)
+    record_start(output_dir, h)
+    return ckpt_path
+
+
+def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
     start = time.perf_counter()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    log.info("budget: %s", budget(cfg))
 
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model)
-    callbacks = instantiate_callbacks(cfg.get("callbacks")) + reliability_callbacks(cfg, output_dir)
+    checkpointing = cfg.trainer.get("enable_checkpointing", True)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"), checkpointing)
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -55,30 +109,43 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         else:
             lg.log_hyperparams(hparams_for_logging(cfg))
 
+    trust = bool(cfg.get("trust_checkpoint", False))
     if cfg.get("train", True):
-        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-        if ckpt_path is not None:
-            check_resume_checkpoint(ckpt_path, model)
-        # our own checkpoints hold OmegaConf hparams, which the weights-only unpickler refuses
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
-    metrics = metrics_to_floats(trainer.callback_metrics)
+        ckpt = resolve_ckpt_path(ckpt_path, output_dir)
+        if ckpt is not None:
+            check_resume_checkpoint(ckpt, model, trust=trust)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=not trust)
+        reason = stopped_by(trainer)
+        if reason == "max_time":
+            log.warning(
+                "the wall-clock cap trainer.max_time=%s stopped training after %d of %d epochs: the "
+                "learning-rate schedule did not finish, so this is not the recipe's result",
+                cfg.trainer.max_time,
+                trainer.current_epoch,
+                cfg.trainer.max_epochs,
+            )
+    metrics: dict[str, Any] = metrics_to_floats(trainer.callback_metrics)
 
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
     if cfg.get("test", True) and datamodule.has_test_labels:
         ckpt = best if best and not trainer.fast_dev_run else None
         if ckpt is None:
             log.warning("no best checkpoint; testing the weights in memory")
-        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         metrics.update(metrics_to_floats(trainer.callback_metrics))
     elif cfg.get("test", True):
-        log.warning("data.dir has no test labels (match_test.npy): skipping the test stage")
+        log.warning("data.dir has no test labels (%s): skipping the test stage", model.task.test_label_file)
 
     metrics.update(
         {
+            "run_name": cfg.get("run_name"),
             "best_model_path": best,
             "epochs": trainer.current_epoch,
+            "max_epochs": cfg.trainer.max_epochs,
+            "stopped_by": stopped_by(trainer) if cfg.get("train", True) else None,
             "global_step": trainer.global_step,
             "wall_time_s": round(time.perf_counter() - start, 2),
+            "config_hash": config_hash(cfg),
         }
     )
     if trainer.is_global_zero:

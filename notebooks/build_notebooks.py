@@ -24,10 +24,10 @@ DATA_TOUR = [
     "    ax.set(title=title, xticks=[], yticks=[])",
     "fig, axes = plt.subplots(1, 4, figsize=(13, 3))\n"
     "for i, ax in enumerate(axes):\n"
-    '    ax.imshow(train.spoken[i].T, aspect="auto", origin="lower", cmap="magma")\n'
+    '    ax.imshow(train.spoken(i).T, aspect="auto", origin="lower", cmap="magma")\n'
     '    label = train.digit_spoken[i] if train.digit_spoken is not None else "?"\n'
     '    ax.set(title=f"spoken {label}", xlabel="frame", ylabel="MFCC")',
-    "lengths = np.array([len(x) for x in train.spoken])\n"
+    "lengths = train.row_lengths\n"
     'plt.hist(lengths, bins=30)\nplt.xlabel("frames per utterance")\n'
     'print(f"frames: min {lengths.min()}, median {np.median(lengths):.0f}, max {lengths.max()}")',
     "if train.match is not None:\n"
@@ -43,7 +43,7 @@ DATA_TOUR = [
 
 COMPARE = [
     "# Compare runs\nAll runs under `MMDIGITS_RUNS` (default `logs/train`), read by `mmdigits.report`.",
-    SETUP + PLT + "\nfrom mmdigits.report import read_scalars, runs_frame, seed_groups, sort_runs\n\n"
+    SETUP + PLT + "\nfrom mmdigits.analysis.runs import read_scalars, runs_frame, seed_groups, sort_runs\n\n"
     'runs = os.environ.get("MMDIGITS_RUNS", "logs/train").split(os.pathsep)\n'
     'metric = os.environ.get("MMDIGITS_METRIC", "test/acc")\n'
     "df = sort_runs(runs_frame(runs), metric)\n"
@@ -64,15 +64,16 @@ COMPARE = [
 EMBEDDINGS = [
     "# Embeddings\nt-SNE and KMeans(10) of the test-set embeddings of checkpoint `MMDIGITS_CKPT` on "
     "`MMDIGITS_DATA_DIR` (same functions as `python -m mmdigits.embed`).",
-    SETUP + "from pathlib import Path\n\nfrom mmdigits.data.datamodule import MMDigitsDataModule\n"
-    "from mmdigits.embed import analyse, collect_embeddings, plot_embeddings\n"
+    SETUP + "from pathlib import Path\n\n"
+    "from mmdigits.analysis.embeddings import analyse, collect_embeddings, plot_embeddings\n"
+    "from mmdigits.data.datamodule import MMDigitsDataModule\n"
     "from mmdigits.models.loading import load_checkpoint_model\n\n"
     "# default: the newest best checkpoint under logs/train\n"
     'ckpt = os.environ.get("MMDIGITS_CKPT") or max(\n'
     '    (p for p in Path("logs/train").rglob("*.ckpt") if p.name != "last.ckpt"), key=os.path.getmtime\n'
     ")\n"
     "model = load_checkpoint_model(ckpt)\n"
-    'dm = MMDigitsDataModule(dir=os.environ.get("MMDIGITS_DATA_DIR", "Dataset"), task=model.task)\n'
+    'dm = MMDigitsDataModule(dir=os.environ.get("MMDIGITS_DATA_DIR", "Dataset"), task=model.task.name)\n'
     'dm.setup("predict")\n'
     "emb = collect_embeddings(model, dm.predict_dataloader())\n"
     "{k: v.shape for k, v in emb.items()}",

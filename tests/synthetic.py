@@ -99,3 +99,41 @@ def write_tiny_corpora(
             for i in range(fsdd_per_digit):
                 write_tone_wav(rec / f"{d}_{s}_{i}.wav", d, rng)
     return root
+
+
+CHALLENGE_FILES = ("written_train", "spoken_train", "match_train", "written_test", "spoken_test")
+LABEL_FILES = tuple(
+    f"{stem}_{split}"
+    for stem in ("digit_written", "digit_spoken", "speaker_spoken", "utterance_spoken")
+    for split in ("train", "test")
+) + ("match_test",)
+
+
+def spoken_objects(built: str | os.PathLike[str], split: str) -> np.ndarray:
+    """A build's utterances of ``split`` as the original challenge stores them: an object array with one
+    (frames, 13) float array per row (rows of the same utterance share one object)."""
+    d = Path(built)
+    frames = np.load(d / f"spoken_{split}_frames.npy")
+    lengths = np.load(d / f"spoken_{split}_lengths.npy")
+    bank = np.split(frames, np.cumsum(lengths)[:-1])
+    index = np.load(d / f"spoken_{split}_index.npy")
+    out = np.empty(len(index), dtype=object)
+    for i, u in enumerate(index):
+        out[i] = bank[u]
+    return out
+
+
+def write_challenge_files(
+    built: str | os.PathLike[str], out: str | os.PathLike[str], labels: bool = False
+) -> Path:
+    """The original challenge's five files (``spoken_*.npy`` as object arrays) made from a build of ours, in
+    ``out`` (no manifest: user-owned files). ``labels`` adds match_test and the digit, speaker and utterance
+    files, as a user with labelled files would have them."""
+    src, dst = Path(built), Path(out)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in CHALLENGE_FILES + (LABEL_FILES if labels else ()):
+        if name.startswith("spoken_"):
+            np.save(dst / f"{name}.npy", spoken_objects(src, name.split("_")[1]), allow_pickle=True)
+        else:
+            np.save(dst / f"{name}.npy", np.load(src / f"{name}.npy"))
+    return dst

@@ -22,6 +22,7 @@ from mmdigits.models.loading import check_resume_checkpoint, load_checkpoint_mod
 from mmdigits.train import train
 from mmdigits.utils.cli import clean_errors
 from tests.hydra_utils import compose_cfg
+from tests.synthetic import write_challenge_files
 from tests.test_reliability import QUIET, run_cli
 
 Mutation = Callable[[Path], None]
@@ -35,12 +36,8 @@ def digest(root: Path) -> dict[str, str]:
 
 
 def user_copy(src: Path, dst: Path) -> Path:
-    """A copy of a built dataset as user-owned challenge files (no manifest, no build-only files)."""
-    shutil.copytree(src, dst)
-    (dst / "manifest.json").unlink()
-    for p in dst.glob("source_written_*.npy"):
-        p.unlink()
-    return dst
+    """A built dataset as user-owned challenge files with labels (object arrays, no manifest)."""
+    return write_challenge_files(src, dst, labels=True)
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -288,16 +285,16 @@ def test_build_cli_broken_wav_names_it(tiny_raw_dir, tmp_path):
 
 
 def test_bad_png_for_single_pair_prediction(trained_ckpt, tmp_path, capsys):
-    single = pytest.importorskip("mmdigits.single")
     from PIL import Image
 
     from mmdigits.data.media import load_digit_image
+    from mmdigits.predict import predict_single
 
     not_png = tmp_path / "digit.png"
     not_png.write_bytes(b"\x89PNG\r\n\x1a\n but then garbage")
     cfg = compose_cfg("predict", [f"ckpt_path={trained_ckpt}", f"image={not_png}", "audio=x.wav"], tmp_path)
     with pytest.raises(SystemExit) as info:
-        clean_errors(single.predict_single)(cfg)
+        clean_errors(predict_single)(cfg)
     assert info.value.code == 2
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and str(not_png) in lines[0] and "not a readable image" in lines[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -24,10 +25,11 @@ def options(group: str) -> list[str]:
 
 def test_default_config_composes(tmp_path):
     cfg = compose_cfg("train", [], tmp_path)
-    assert cfg.model_name == "cnn1d_lenet"
-    assert cfg.model.image_encoder._target_.endswith("LeNet")
-    assert cfg.trainer.max_epochs == 18  # the default model's own schedule...
-    assert compose_cfg("train", ["model=crnn_cnn"], tmp_path).trainer.max_epochs == 4  # ...not every model's
+    assert cfg.run_name == "match_cnn1d_lenet_agreement"
+    assert cfg.model.image_encoder._target_.endswith("LeNetEncoder")
+    # budgets live in trainer/experiment configs, never in the architecture presets
+    assert cfg.trainer.max_epochs == 18
+    assert compose_cfg("train", ["model=crnn_cnn"], tmp_path).trainer.max_epochs == 18
     assert compose_cfg("train", ["trainer.max_epochs=2"], tmp_path).trainer.max_epochs == 2
     assert cfg.data.task == "match" and cfg.model.task == "match"
     assert cfg.model.audio_encoder._target_.endswith("CNN1dEncoder")
@@ -40,11 +42,28 @@ def test_model_configs_instantiate(model, tmp_path):
     cfg = compose_cfg("train", [f"model={model}"], tmp_path)
     module = instantiate(cfg.model)
     assert isinstance(module, MultimodalModule)
-    assert module.task == cfg.data.task
+    assert module.task.name == cfg.data.task
     if cfg.data.task == "image_digit":
         assert module.audio_encoder is None and module.image_encoder is not None
     if cfg.data.task == "audio_digit":
         assert module.image_encoder is None and module.audio_encoder is not None
+
+
+def test_run_is_named_after_the_choices_made(tmp_path):
+    """A preset's name never hides an override: model=crnn_cnn audio_encoder=lstm trains and is named LSTM."""
+    cfg = compose_cfg("train", ["model=crnn_cnn", "audio_encoder=lstm"], tmp_path)
+    assert cfg.model.audio_encoder._target_.endswith("LSTMEncoder")
+    assert cfg.run_name == "match_lstm_cnn_agreement"
+    assert "match_lstm_cnn_agreement" in cfg.hydra.run.dir and cfg.hydra.run.dir.endswith(f"_{os.getpid()}")
+    # unimodal tasks leave out the encoder they do not read
+    assert compose_cfg("train", ["experiment=audio_only"], tmp_path).run_name == "audio_digit_cnn1d"
+    assert compose_cfg("train", ["experiment=image_only"], tmp_path).run_name == "image_digit_resnet"
+
+
+def test_presets_hold_no_budget():
+    for preset in Path(CONF_DIR, "model").glob("*.yaml"):
+        cfg = OmegaConf.load(preset)
+        assert "trainer" not in cfg and "callbacks" not in cfg, preset.name
 
 
 @pytest.mark.parametrize("group", ["audio_encoder", "image_encoder", "fusion", "task"])
@@ -110,3 +129,15 @@ def test_entry_point_configs(name, tmp_path):
     cfg = compose_cfg(name, ["ckpt_path=x.ckpt"], tmp_path)
     resolve_all(cfg)
     instantiate(cfg.trainer)
+
+
+def test_reliability_callbacks_come_from_the_config(tmp_path):
+    from mmdigits.utils.checkpoint_io import LastCheckpointEveryEpoch
+    from mmdigits.utils.seeding import BatchSeed
+    from mmdigits.utils.signals import CheckpointOnInterrupt
+
+    cfg = compose_cfg("train", [], tmp_path)
+    kinds = {type(c) for c in instantiate_callbacks(cfg.callbacks)}
+    assert {LastCheckpointEveryEpoch, CheckpointOnInterrupt, BatchSeed} <= kinds
+    assert LastCheckpointEveryEpoch not in {type(c) for c in instantiate_callbacks(cfg.callbacks, False)}
+    assert not instantiate_callbacks(compose_cfg("train", ["callbacks=none"], tmp_path).callbacks)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch
 
 from mmdigits.data.samplers import EvalBatchSampler, TrainBatchSampler
 from mmdigits.errors import DataError
+from tests.synthetic import spoken_objects, write_challenge_files
 
 
 def collect(loader: object) -> list[dict[str, torch.Tensor]]:
@@ -20,7 +20,7 @@ def test_match_batches_follow_contract(make_tiny_datamodule: Callable) -> None:
     dm = make_tiny_datamodule()
     dm.prepare_data()
     dm.setup("fit")
-    assert dm.num_classes == 1 and dm.has_digit_labels and 0.2 < dm.pos_rate < 0.4
+    assert dm.task.num_outputs == 1 and dm.has_digit_labels and 0.2 < dm.pos_rate < 0.4
     batches = collect(dm.train_dataloader())
     b = batches[0]
     assert set(b) == {"image", "audio", "lengths", "target", "image_digit", "audio_digit", "index"}
@@ -47,7 +47,7 @@ def test_pad_to_and_batch_values(make_tiny_datamodule: Callable, tiny_dataset_di
     dm.setup("fit")
     b = next(iter(dm.train_dataloader()))
     assert b["audio"].shape[1] == 93
-    spoken = np.load(tiny_dataset_dir / "spoken_train.npy", allow_pickle=True)
+    spoken = spoken_objects(tiny_dataset_dir, "train")
     written = np.load(tiny_dataset_dir / "written_train.npy")
     for j in range(3):
         r, n = int(b["index"][j]), int(b["lengths"][j])
@@ -146,9 +146,14 @@ def test_speaker_disjoint_val_and_train_only_stats(
     dm.setup("fit")
     spk = np.load(tiny_dataset_dir / "speaker_spoken_train.npy")
     tr, va = dm.train_set.rows.numpy(), dm.val_set.rows.numpy()
-    assert len(tr) + len(va) == 400 and 40 <= len(va) <= 120
+    assert 40 <= len(va) <= 120 and len(tr) + len(va) <= 400
     assert set(spk[tr]).isdisjoint(spk[va])
-    spoken = np.load(tiny_dataset_dir / "spoken_train.npy", allow_pickle=True)
+    written = np.load(tiny_dataset_dir / "written_train.npy")
+    assert not {w.tobytes() for w in written[tr]} & {w.tobytes() for w in written[va]}  # no image on both
+    source = np.load(tiny_dataset_dir / "source_written_train.npy")
+    left_out = np.setdiff1d(np.arange(400), np.concatenate([tr, va]))
+    assert np.isin(source[left_out], source[va]).all()  # only rows whose image is in validation left out
+    spoken = spoken_objects(tiny_dataset_dir, "train")
     frames = np.concatenate([spoken[i] for i in tr]).astype(np.float64)
     assert torch.allclose(
         dm.stats["audio_mean"], torch.tensor(frames.mean(0), dtype=torch.float32), atol=1e-4
@@ -163,16 +168,28 @@ def test_speaker_disjoint_val_and_train_only_stats(
     assert abs(dm.stats["image_mean"].item() - all_img.mean()) > 1e-6  # really the train part only
 
 
-def test_stratified_val_without_speakers(tiny_dataset_dir: Path, tmp_path: Path) -> None:
+def test_val_without_speaker_ids_shares_no_utterance_or_image(
+    tiny_dataset_dir: Path, tmp_path: Path, caplog
+) -> None:
+    """The original challenge files have no speaker ids and reuse each utterance in many pairs: validation
+    takes whole utterances (by content) and no image of it is trained on; the log reports the overlap."""
     from mmdigits.data.datamodule import MMDigitsDataModule
 
-    for n in ("written_train", "spoken_train", "match_train", "written_test", "spoken_test"):
-        shutil.copy(tiny_dataset_dir / f"{n}.npy", tmp_path / f"{n}.npy")
-    dm = MMDigitsDataModule(dir=str(tmp_path), batch_size=32)
+    write_challenge_files(tiny_dataset_dir, tmp_path)
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    dm = MMDigitsDataModule(dir=str(tmp_path), batch_size=32, val_fraction=0.2)
     dm.prepare_data()  # user-owned: untouched, no build
-    dm.setup("fit")
+    with caplog.at_level("INFO"):
+        dm.setup("fit")
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
     assert not dm.has_digit_labels
-    assert len(dm.val_set) == 40 and dm.val_set.target.sum() == 12  # 10% of 120 positives / 280 negatives
+    spoken = np.load(tmp_path / "spoken_train.npy", allow_pickle=True)
+    written = np.load(tmp_path / "written_train.npy")
+    tr, va = dm.train_set.rows.numpy(), dm.val_set.rows.numpy()
+    utt = lambda rows: {spoken[r].tobytes() for r in rows}  # noqa: E731
+    img = lambda rows: {written[r].tobytes() for r in rows}  # noqa: E731
+    assert 40 <= len(va) <= 120 and not utt(tr) & utt(va) and not img(tr) & img(va)
+    assert "by utterance" in caplog.text and "'utterances': 0, 'images': 0" in caplog.text
     b = next(iter(dm.train_dataloader()))
     assert "image_digit" not in b and "audio_digit" not in b
     p = next(iter(dm.predict_dataloader()))
@@ -187,13 +204,13 @@ def test_stratified_val_without_speakers(tiny_dataset_dir: Path, tmp_path: Path)
 def test_digit_tasks(make_tiny_datamodule: Callable) -> None:
     dm = make_tiny_datamodule(task="digit")
     dm.setup("fit")
-    assert dm.num_classes == 10 and len(dm.train_set) + len(dm.val_set) == 400
+    assert dm.task.num_outputs == 10 and len(dm.train_set) + len(dm.val_set) <= 400
     b = next(iter(dm.train_dataloader()))
     assert b["target"].dtype == torch.int64 and torch.equal(b["image_digit"], b["audio_digit"])
     assert torch.equal(b["target"], b["image_digit"])
     dm = make_tiny_datamodule(task="digit", digit_pairing="matched")
     dm.setup("fit")
-    assert len(dm.train_set) + len(dm.val_set) == 120
+    assert len(dm.train_set) + len(dm.val_set) <= 120
     dm = make_tiny_datamodule(task="audio_digit")
     dm.setup("fit")
     aud = dm.train_set.aud.numpy()

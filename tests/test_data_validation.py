@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import builtins
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,15 +10,14 @@ import pytest
 
 from mmdigits.data.challenge import check_spoken, check_written, load_challenge_dir
 from mmdigits.errors import DataError
+from tests.synthetic import write_challenge_files
 
 BASE = ("written", "spoken", "match")
 
 
 @pytest.fixture
 def challenge_copy(tiny_dataset_dir: Path, tmp_path: Path) -> Path:
-    d = tmp_path / "copy"
-    shutil.copytree(tiny_dataset_dir, d)
-    return d
+    return write_challenge_files(tiny_dataset_dir, tmp_path / "copy", labels=True)
 
 
 def save_obj(path: Path, rows: list[np.ndarray]) -> None:
@@ -45,9 +43,7 @@ def test_load_built(tiny_dataset_dir: Path) -> None:
 
 
 def test_original_challenge_files_only(tiny_dataset_dir: Path, tmp_path: Path) -> None:
-    for n in ("written_train", "spoken_train", "match_train", "written_test", "spoken_test"):
-        shutil.copy(tiny_dataset_dir / f"{n}.npy", tmp_path / f"{n}.npy")
-    data = load_challenge_dir(tmp_path)
+    data = load_challenge_dir(write_challenge_files(tiny_dataset_dir, tmp_path))
     assert not data.has_digit_labels and data.test.match is None and data.train.speaker is None
 
 

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from mmdigits.embed import analyse, embed, latent_mapping, purity
+from mmdigits.analysis.embeddings import analyse, latent_mapping, purity
+from mmdigits.embed import embed
 from tests.hydra_utils import compose_cfg
 from tests.trained_runs import seed_runs
 

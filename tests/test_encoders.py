@@ -1,4 +1,5 @@
-"""Audio/image encoders: shapes, padding invariance, masked batch norm, length tracking, registries."""
+"""Audio/image encoders: the contract (shapes, padding invariance, backward, a tiny overfit) for every encoder
+config under conf/, plus masked batch norm and length tracking."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from mmdigits.models import AUDIO_ENCODERS, IMAGE_ENCODERS, build_audio_encoder, build_image_encoder
 from mmdigits.models.layers import (
     MLP,
     MaskedBatchNorm,
@@ -15,14 +15,14 @@ from mmdigits.models.layers import (
     masked_max,
     masked_mean,
 )
+from tests.zoo import build, zoo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-AUDIO = sorted(AUDIO_ENCODERS)
+AUDIO = sorted(zoo("audio_encoder"))  # every audio encoder config is contract-tested
 # extra non-default variants so every code path (LSTM head, 'mean' pooling, learned positions...) is covered
 VARIANTS = {
-    "lstm_seed": ("lstm", dict(hidden=50, mlp_dims=[256, 128])),
     "lstm_bi2": ("lstm", dict(bidirectional=True, num_layers=2)),
     "crnn_lstm_mean": ("crnn", dict(rnn="lstm", pool="mean", strides=[2, 2], kernel_size=3)),
     "crnn_packed": ("crnn", dict(packed=True)),
@@ -57,12 +57,17 @@ def _batch(lengths: list[int], T: int, garbage: bool = False) -> tuple[torch.Ten
 def audio_encoder(request) -> nn.Module:
     torch.manual_seed(0)
     name, kw = ALL_AUDIO[request.param]
-    model = build_audio_encoder(name, **kw)
+    model = build("audio_encoder", name, **kw)
     _randomise_norms(model)
     return model.eval()
 
 
 def test_audio_padding_invariance(audio_encoder: nn.Module) -> None:
+    assert_padding_invariant(audio_encoder)
+
+
+def assert_padding_invariant(audio_encoder: nn.Module) -> None:
+    """Features of an utterance do not depend on how far, or with what, its batch is padded."""
     x, lens = _batch(LENGTHS, 93)
     with torch.no_grad():
         batched = audio_encoder(x, lens)
@@ -93,12 +98,12 @@ def test_audio_train_mode_backward_and_long_input(audio_encoder: nn.Module) -> N
 def test_masked_batchnorm_train_stats_ignore_padding(name: str) -> None:
     """In training mode, batch statistics (hence outputs and running stats) must not see padding."""
     torch.manual_seed(0)
-    model = build_audio_encoder(name, dropout=0.0).train()
+    model = build("audio_encoder", name, dropout=0.0).train()
     x, lens = _batch(LENGTHS, 93)
     out_tight = model(x[:, : max(LENGTHS) - 20].clone(), lens.clamp_max(max(LENGTHS) - 20))
     stats_tight = [m.running_mean.clone() for m in model.modules() if isinstance(m, MaskedBatchNorm)]
     torch.manual_seed(0)
-    model = build_audio_encoder(name, dropout=0.0).train()
+    model = build("audio_encoder", name, dropout=0.0).train()
     x_wide = torch.cat([x[:, : max(LENGTHS) - 20], torch.zeros(len(LENGTHS), 150, 13)], dim=1)
     out_wide = model(x_wide, lens.clamp_max(max(LENGTHS) - 20))
     stats_wide = [m.running_mean for m in model.modules() if isinstance(m, MaskedBatchNorm)]
@@ -134,7 +139,7 @@ def test_masked_pooling() -> None:
 
 
 def test_lstm_seed_recipe() -> None:
-    enc = build_audio_encoder("lstm", hidden=50, mlp_dims=[256, 128])
+    enc = build("audio_encoder", "lstm_seed")
     assert enc.out_dim == 128 and enc.rnn.hidden_size == 50
     kinds = [type(m).__name__ for m in enc.head]
     assert kinds == [
@@ -151,9 +156,9 @@ def test_lstm_seed_recipe() -> None:
     assert [m.out_features for m in enc.head if isinstance(m, nn.Linear)] == [256, 128]
 
 
-@pytest.mark.parametrize("name", sorted(IMAGE_ENCODERS))
+@pytest.mark.parametrize("name", sorted(zoo("image_encoder")))
 def test_image_encoder(name: str) -> None:
-    enc = build_image_encoder(name).train()
+    enc = build("image_encoder", name).train()
     x = torch.randn(8, 1, 28, 28)
     out = enc(x)
     assert out.shape == (8, enc.out_dim) and torch.isfinite(out).all()
@@ -163,21 +168,35 @@ def test_image_encoder(name: str) -> None:
 
 
 def test_image_encoder_specs() -> None:
-    assert build_image_encoder("cnn").out_dim == 128 and build_image_encoder("lenet").out_dim == 84
-    cnn_linears = [m for m in build_image_encoder("cnn").modules() if isinstance(m, nn.Linear)]
+    assert build("image_encoder", "cnn").out_dim == 128 and build("image_encoder", "lenet").out_dim == 84
+    cnn_linears = [m for m in build("image_encoder", "cnn").modules() if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in cnn_linears] == [(9216, 128)]
-    resnet = build_image_encoder("resnet")
+    resnet = build("image_encoder", "resnet")
     assert resnet.out_dim == 128 and 3e5 <= sum(p.numel() for p in resnet.parameters()) <= 1e6
 
 
-def test_registries_and_hydra_instantiate() -> None:
-    with pytest.raises(KeyError, match="unknown audio encoder"):
-        build_audio_encoder("nope")
-    hydra_utils = pytest.importorskip("hydra.utils")
-    from omegaconf import OmegaConf
+class IgnoresLengths(nn.Module):
+    """A broken encoder: pools over every frame, padding included."""
 
-    cfg = OmegaConf.create({"_target_": "mmdigits.models.audio.CRNNEncoder", "channels": [32, 32]})
-    enc = hydra_utils.instantiate(cfg)
+    out_dim = 13
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return x.mean(1)
+
+
+def test_contract_catches_an_encoder_config_that_ignores_lengths(tmp_path) -> None:
+    """An encoder added as a YAML alone is contract-tested; one whose class ignores lengths fails."""
+    (tmp_path / "audio_encoder").mkdir()
+    (tmp_path / "audio_encoder" / "mean_of_all.yaml").write_text(
+        "# @package model.audio_encoder\n_target_: tests.test_encoders.IgnoresLengths\n"
+    )
+    assert sorted(zoo("audio_encoder", tmp_path)) == ["mean_of_all"]
+    with pytest.raises(AssertionError):
+        assert_padding_invariant(build("audio_encoder", "mean_of_all", tmp_path).eval())
+
+
+def test_config_overrides_reach_the_encoder() -> None:
+    enc = build("audio_encoder", "crnn", channels=[32, 32])
     assert enc.out_dim == 128 and enc(*_batch([5, 2], 5)).shape == (2, 128)
     mlp = MLP(10, [16, 8], None, dropout=0.1, batchnorm=True)
     assert mlp.out_dim == 8 and mlp(torch.randn(4, 10)).shape == (4, 8)

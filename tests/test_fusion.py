@@ -8,18 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-from mmdigits.models import FUSIONS, AgreementFusion, LateFusion, build_fusion
-from mmdigits.models.fusion import agreement_logit
+from mmdigits.models.fusion import AgreementFusion, agreement_logit
+from tests.zoo import build, zoo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("out_dim", [1, 10])
 @pytest.mark.parametrize("in_dims", [[24], [24, 7], [5, 9, 3]], ids=["uni", "bi", "tri"])
-@pytest.mark.parametrize("name", sorted(FUSIONS))
+@pytest.mark.parametrize("name", sorted(zoo("fusion")))
 def test_fusion_shapes_and_gradients(name: str, in_dims: list[int], out_dim: int) -> None:
     torch.manual_seed(0)
-    fusion = build_fusion(name, in_dims, out_dim).train()
+    fusion = build("fusion", name, in_dims=in_dims, out_dim=out_dim).train()
     feats = [torch.randn(6, d, requires_grad=True) for d in in_dims]
     out = fusion(feats)
     assert out.shape == (6, out_dim) and out.dtype == torch.float32 and torch.isfinite(out).all()
@@ -92,25 +92,35 @@ def test_balance_loss_prefers_uniform_usage() -> None:
     eye = torch.eye(10)
     collapsed = torch.zeros(10, 10)
     collapsed[:, 3] = 1.0
-    uniform_loss = fusion.balance_loss([eye, eye])
-    collapsed_loss = fusion.balance_loss([collapsed, collapsed])
+    uniform_loss = fusion.balance_loss(fusion.modality_logits([eye, eye]))
+    collapsed_loss = fusion.balance_loss(fusion.modality_logits([collapsed, collapsed]))
     assert uniform_loss < 0.01 and collapsed_loss > 1.5 and collapsed_loss <= math.log(10) + 1e-5
     feats = [collapsed.clone().requires_grad_(True), eye.clone()]
-    fusion.balance_loss(feats).backward()
+    fusion.balance_loss(fusion.modality_logits(feats)).backward()
     assert torch.isfinite(feats[0].grad).all() and feats[0].grad.abs().sum() > 0
 
 
-def test_late_fusion_combinations() -> None:
+def test_late_fusion_is_calibrated_agreement() -> None:
     torch.manual_seed(0)
     f = [torch.randn(4, 12), torch.randn(4, 5)]
-    digit = LateFusion([12, 5], 10)
+    digit = build("fusion", "late", in_dims=[12, 5], out_dim=10)
     logits = digit.modality_logits(f)
     torch.testing.assert_close(digit(f), logits[0].log_softmax(-1) + logits[1].log_softmax(-1))
-    match = LateFusion([12, 5], 1)
+    match = build("fusion", "late", in_dims=[12, 5], out_dim=1)
     logps = [lg.log_softmax(-1) for lg in match.modality_logits(f)]
     torch.testing.assert_close(match(f), agreement_logit(logps))  # scale 1, bias 0 at init
+    assert {n for n, _ in match.named_parameters() if "heads" not in n} == {"scale", "bias"}
+    with torch.no_grad():
+        match.scale.fill_(2.0)
+        match.bias.fill_(-1.0)
+    torch.testing.assert_close(match(f), 2 * agreement_logit(logps) - 1)
+    plain = build("fusion", "agreement", in_dims=[12, 5], out_dim=1)
+    assert not [n for n, _ in plain.named_parameters() if "heads" not in n]  # no calibration
 
 
-def test_unknown_fusion() -> None:
-    with pytest.raises(KeyError, match="unknown fusion"):
-        build_fusion("nope", [3], 1)
+def test_combine_of_modality_logits_is_forward() -> None:
+    torch.manual_seed(0)
+    f = [torch.randn(4, 12), torch.randn(4, 5)]
+    for name in ("late", "agreement"):
+        fusion = build("fusion", name, in_dims=[12, 5], out_dim=1).eval()
+        torch.testing.assert_close(fusion.combine(fusion.modality_logits(f)), fusion(f))

@@ -42,11 +42,11 @@ def test_balanced_sampler_prior_is_corrected_in_eval(tmp_path, tiny_dataset_dir)
     batch = next(iter(dm.test_dataloader()))
     with torch.no_grad():
         corrected = model(batch)
-        raw = model.fusion(model.features(batch)).squeeze(-1)
+        raw = model.fuse(model.encode(batch)).logits
     assert torch.allclose(corrected, raw + shift, atol=1e-5)
 
 
-@pytest.mark.parametrize("image_encoder", ["LeNet", "ResNet"])
+@pytest.mark.parametrize("image_encoder", ["LeNetEncoder", "ResNetEncoder"])
 def test_channels_last_changes_memory_layout_not_outputs(image_encoder):
     enc = {
         "audio_encoder": {"_target_": "mmdigits.models.audio.CNN1dEncoder"},
@@ -77,7 +77,7 @@ def test_channels_last_changes_memory_layout_not_outputs(image_encoder):
 def _match_module() -> MultimodalModule:
     return MultimodalModule(
         audio_encoder={"_target_": "mmdigits.models.audio.CNN1dEncoder"},
-        image_encoder={"_target_": "mmdigits.models.image.LeNet"},
+        image_encoder={"_target_": "mmdigits.models.image.LeNetEncoder"},
         fusion={"_target_": "mmdigits.models.fusion.AgreementFusion"},
         threshold_from_val=True,
     )
@@ -135,3 +135,34 @@ def test_checkpoint_without_the_tuned_shift_still_loads():
     fresh = _match_module()
     fresh.load_state_dict(state, strict=True)
     assert float(fresh.val_logit_shift) == 0.0
+
+
+@pytest.mark.parametrize("fusion", ["agreement", "late", "concat"])
+def test_one_step_runs_every_head_once(fusion):
+    """The fusion's per-modality heads (or the aux probes) serve the fused logits, the aux digit loss and the
+    balance term from one evaluation per step."""
+    from tests.zoo import zoo
+
+    model = MultimodalModule(
+        audio_encoder={"_target_": "mmdigits.models.audio.CNN1dEncoder"},
+        image_encoder={"_target_": "mmdigits.models.image.LeNetEncoder"},
+        fusion=zoo("fusion")[fusion],
+        aux_digit_weight=1.0,
+        balance_weight=1.0,
+    ).train()
+    heads = model.fusion.heads if hasattr(model.fusion, "heads") else model.aux_heads
+    calls = []
+    for h in heads:
+        h.register_forward_hook(lambda *_: calls.append(1))
+    g = torch.Generator().manual_seed(1)
+    batch = {
+        "image": torch.randint(0, 256, (8, 1, 28, 28), generator=g).float(),
+        "audio": torch.randn(8, 30, 13, generator=g),
+        "lengths": torch.randint(5, 31, (8,), generator=g),
+        "target": torch.randint(0, 2, (8,), generator=g).float(),
+        "image_digit": torch.randint(0, 10, (8,), generator=g),
+        "audio_digit": torch.randint(0, 10, (8,), generator=g),
+    }
+    loss = model._step(batch, "train")
+    loss.backward()
+    assert len(calls) == 2  # one call per modality head

@@ -303,7 +303,7 @@ def test_dataset_build_write_failure_leaves_old_dataset_untouched(tmp_path, tiny
 
     monkeypatch.setattr(build, "_save_npy", save_then_fail)
     with pytest.raises(InjectedFailure):
-        build_dataset(out, tiny_raw_dir, verify=False, n_train=80, n_test=30, seed=1)
+        build_dataset(out, tiny_raw_dir, verify=False, n_train=80, n_test=30, seed=1, force=True)
     assert _hashes(out) == before and is_complete(out)
     assert _no_temp_files(tmp_path)
 
@@ -315,7 +315,7 @@ def test_dataset_build_failure_while_moving_files_in_is_flagged_incomplete(
     old = {p.name: np.load(p, allow_pickle=True) for p in out.glob("*.npy")}
     _fail_replace(monkeypatch, after=3)
     with pytest.raises(InjectedFailure):
-        build_dataset(out, tiny_raw_dir, verify=False, n_train=80, n_test=30, seed=1)
+        build_dataset(out, tiny_raw_dir, verify=False, n_train=80, n_test=30, seed=1, force=True)
     monkeypatch.undo()
     # every file under its final name is complete (old or new), and the dir is marked as not complete
     for p in out.glob("*.npy"):
@@ -324,7 +324,7 @@ def test_dataset_build_failure_while_moving_files_in_is_flagged_incomplete(
     assert (out / BUILDING_MARKER).exists() and not is_complete(out, check_hashes=False)
     assert _no_temp_files(tmp_path)
     # the next use rebuilds it
-    build_dataset(out, tiny_raw_dir, verify=False, n_train=80, n_test=30, seed=1)
+    build_dataset(out, tiny_raw_dir, verify=False, n_train=80, n_test=30, seed=1, force=True)
     assert is_complete(out)
 
 

@@ -11,15 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmdigits.report import (
-    confusion_matrix,
-    markdown_table,
-    read_scalars,
-    runs_frame,
-    seed_groups,
-    sort_runs,
-    write_report,
-)
+from mmdigits.analysis.plots import confusion_matrix
+from mmdigits.analysis.runs import markdown_table, read_scalars, runs_frame, seed_groups, sort_runs
+from mmdigits.report import write_report
 from tests.trained_runs import seed_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +61,7 @@ def test_report_tables_curves_and_confusion(runs, tmp_path):
     assert list(df["val/acc_best"]) == sorted(df["val/acc_best"], reverse=True)
     row = df.iloc[0]
     assert (row["model"], row["audio_encoder"], row["image_encoder"], row["fusion"], row["task"]) == (
-        "cnn1d_cnn", "cnn1d", "cnn", "agreement", "match"
+        "match_cnn1d_cnn_agreement", "cnn1d", "cnn", "agreement", "match"
     )  # fmt: skip
     assert row["params"] > 1000 and row["epochs"] == 1
     assert "| sweep/0_cnn1d_cnn |" in report or "| sweep/1_cnn1d_cnn |" in report

@@ -42,7 +42,7 @@ def test_evaluate_with_robustness_writes_table_and_plot(run, tmp_path, tiny_data
 def test_unimodal_model_gets_only_its_degradations(tmp_path_factory, tiny_dataset_dir, make_tiny_datamodule):
     r = trained_run(tmp_path_factory.getbasetemp(), "image_only", tiny_dataset_dir, "model=image_only")
     model = load_checkpoint_model(r["ckpt"])
-    dm = make_tiny_datamodule(task=model.task)
+    dm = make_tiny_datamodule(task=model.task.name)
     rob = robustness_report(model, dm, tmp_path_factory.mktemp("rob"))
     assert {k.split("@")[0] for k in rob} == {"image_noise"}
     assert rob["image_noise@0"] == pytest.approx(r["metrics"]["test/acc"], abs=1e-6)

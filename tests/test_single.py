@@ -17,7 +17,7 @@ from mmdigits.data.corpora import read_idx
 from mmdigits.data.media import load_digit_image, save_png, to_mnist
 from mmdigits.errors import DataError, MMDigitsError
 from mmdigits.models.loading import load_checkpoint_model
-from mmdigits.single import predict_pair, predict_single
+from mmdigits.predict import predict_pair, predict_single
 from tests.hydra_utils import compose_cfg
 from tests.trained_runs import seed_runs, trained_run
 

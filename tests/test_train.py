@@ -17,6 +17,7 @@ from mmdigits.evaluate import evaluate
 from mmdigits.predict import predict
 from mmdigits.train import train
 from tests.hydra_utils import compose_cfg
+from tests.synthetic import write_challenge_files
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = [
@@ -229,10 +230,7 @@ def test_optuna_search_runs_trials_and_reports_best(tmp_path, tiny_dataset_dir):
 
 def test_original_challenge_files_train_and_predict(tmp_path, tiny_dataset_dir):
     """Only the five files the original challenge ships: no labels beyond match_train, no manifest."""
-    challenge = tmp_path / "challenge"
-    challenge.mkdir()
-    for name in ("written_train", "spoken_train", "match_train", "written_test", "spoken_test"):
-        (challenge / f"{name}.npy").write_bytes((tiny_dataset_dir / f"{name}.npy").read_bytes())
+    challenge = write_challenge_files(tiny_dataset_dir, tmp_path / "challenge")
     metrics = run_train(tmp_path / "run", challenge, "trainer.max_epochs=1")
     assert "test/acc" not in metrics  # nothing to score the test split against
     assert sorted(p.name for p in challenge.iterdir()) == sorted(  # nothing was built over them

@@ -57,25 +57,17 @@ def degrade(
 
 
 @torch.no_grad()
-def _logits(model: MultimodalModule, batch: dict[str, Tensor], keep: dict[str, Tensor]) -> Tensor:
-    """``model(batch)`` in eval mode, with features of dropped pairs zeroed."""
-    feats = model.features(batch)
-    names = model._modality_names()
-    feats = [f * keep[m].unsqueeze(1).to(f) if m in keep else f for m, f in zip(names, feats)]
-    logits = model.fusion(feats).float()
-    if model.task == "match":
-        logits = logits.squeeze(-1) + model.decision_shift
-    return logits
-
-
-def _correct(model: MultimodalModule, logits: Tensor, target: Tensor) -> Tensor:
-    pred = (logits > 0).long() if model.task == "match" else logits.argmax(-1)
-    return pred == target.long()
+def _correct(model: MultimodalModule, batch: dict[str, Tensor], keep: dict[str, Tensor]) -> Tensor:
+    """Per-pair correctness of the model in eval mode, with the features of dropped pairs zeroed."""
+    feats = model.encode(batch)
+    feats = [f * keep[m].unsqueeze(1).to(f) if m in keep else f for m, f in zip(model.modalities, feats)]
+    logits = model.decision_logits(model.fuse(feats).logits)
+    return model.task.labels(logits) == batch["target"].long()
 
 
 def degradations(model: MultimodalModule) -> dict[str, tuple[float, ...]]:
     """Degradation name -> levels, for the modalities this model reads."""
-    names = model._modality_names()
+    names = model.modalities
     out: dict[str, tuple[float, ...]] = {}
     if "image" in names:
         out["image_noise"] = NOISE_LEVELS
@@ -98,7 +90,7 @@ def robustness_table(model: MultimodalModule, loader: Any, seed: int = 0) -> lis
             correct = []
             for batch in batches:
                 b, keep = degrade(model, batch, kind, level, gen)
-                correct.append(_correct(model, _logits(model, b, keep), b["target"]))
+                correct.append(_correct(model, b, keep))
             hits = torch.cat(correct)
             rows.append(
                 {"degradation": kind, "level": level, "acc": hits.float().mean().item(), "n": len(hits)}

@@ -26,7 +26,7 @@ from mmdigits.data.raw import RawCorpora
 from mmdigits.errors import DataError
 from mmdigits.utils.io import atomic_write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: utterances stored without pickle (spoken_<split>_{frames,lengths,index}.npy)
 MANIFEST = "manifest.json"
 BUILDING_MARKER = ".mmdigits-building"
 CHALLENGE_FILES = (
@@ -35,16 +35,6 @@ CHALLENGE_FILES = (
     "match_train.npy",
     "written_test.npy",
     "spoken_test.npy",
-)
-PER_SPLIT = (
-    "written",
-    "spoken",
-    "match",
-    "digit_written",
-    "digit_spoken",
-    "speaker_spoken",
-    "utterance_spoken",
-    "source_written",
 )
 DEFAULTS: dict[str, Any] = {
     "audio": "arabic",
@@ -126,11 +116,10 @@ def build_arrays(raw: RawCorpora, settings: Mapping[str, Any]) -> dict[str, np.n
         corpus = audio[split]
         n = settings[f"n_{split}"]
         img_idx, aud_idx, match = make_pairs(rng, img_digits, corpus.digits, n, settings["match_rate"])
-        bank = np.empty(len(corpus), dtype=object)
-        for j, f in enumerate(corpus.feats):
-            bank[j] = np.ascontiguousarray(f, dtype=np.float32)
         out[f"written_{split}.npy"] = images[img_idx]
-        out[f"spoken_{split}.npy"] = bank[aud_idx]  # shared objects: each utterance pickled once
+        out[f"spoken_{split}_frames.npy"] = np.concatenate(corpus.feats).astype(np.float32)
+        out[f"spoken_{split}_lengths.npy"] = np.array([len(f) for f in corpus.feats], np.int64)
+        out[f"spoken_{split}_index.npy"] = aud_idx
         out[f"match_{split}.npy"] = match
         out[f"digit_written_{split}.npy"] = img_digits[img_idx]
         out[f"digit_spoken_{split}.npy"] = corpus.digits[aud_idx]
@@ -142,7 +131,7 @@ def build_arrays(raw: RawCorpora, settings: Mapping[str, Any]) -> dict[str, np.n
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     with open(path, "wb") as fh:
-        np.save(fh, arr, allow_pickle=arr.dtype == object)
+        np.save(fh, arr, allow_pickle=False)
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -202,6 +191,23 @@ def _refuse_partial_user_dir(d: Path) -> None:
         )
 
 
+def _refuse_other_build(d: Path, wanted: Mapping[str, Any]) -> None:
+    """A complete build is never rebuilt into a different one without ``force``."""
+    m = read_manifest(d)
+    have = (m or {}).get("settings")
+    if have is None or have == wanted or not is_complete(d, check_hashes=False):
+        return
+    diff = sorted(k for k in set(wanted) | set(have) if wanted.get(k) != have.get(k))
+    raise DataError(
+        f"{d}: holds a complete build with "
+        + ", ".join(f"{k}={have.get(k)!r}" for k in diff)
+        + f" ({MANIFEST}), but this asks for "
+        + ", ".join(f"{k}={wanted.get(k)!r}" for k in diff)
+        + "; point data.dir at another directory (a build is never rebuilt into a different one; "
+        "`python -m mmdigits.data.build --force` replaces it)"
+    )
+
+
 def build_dataset(
     out: str | os.PathLike[str],
     raw_dir: str | os.PathLike[str] | None = None,
@@ -223,6 +229,7 @@ def build_dataset(
         )
     if not force:
         _refuse_partial_user_dir(out)
+        _refuse_other_build(out, s)
     raw = RawCorpora(
         raw_dir,  # type: ignore[arg-type]
         verify=verify,
@@ -263,7 +270,8 @@ def ensure_dataset(
     directory: str | os.PathLike[str], raw_dir: str | os.PathLike[str] | None = None, **kwargs: Any
 ) -> Path:
     """Return ``directory`` when it holds a complete build with the same settings or user-owned challenge
-    files (never touched); otherwise (re)build it from the raw corpora."""
+    files (never touched); build it from the raw corpora when it holds no complete build; refuse (DataError
+    naming both) when it holds a complete build with other settings."""
     d = Path(directory)
     if is_user_owned(d):
         return d

@@ -12,50 +12,29 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmdigits.data.build import ensure_dataset, is_complete, read_manifest
-from mmdigits.data.challenge import ChallengeData, SplitData, load_challenge_dir
+from mmdigits.data.challenge import MAX_FRAMES, ChallengeData, load_challenge_dir
 from mmdigits.data.dataset import BatchDataset, SplitTensors
 from mmdigits.data.samplers import SAMPLERS, EvalBatchSampler, TrainBatchSampler
+from mmdigits.data.splits import split_train_val
 from mmdigits.errors import DataError
+from mmdigits.tasks import SplitPart, get_task
 
 log = logging.getLogger(__name__)
-TASKS = ("match", "digit", "image_digit", "audio_digit")
-
-
-def split_train_val(split: SplitData, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of the train part and the val part: by whole speakers when speaker ids exist (>= 2
-    speakers), otherwise a seeded split stratified on the match label."""
-    n = len(split)
-    rng = np.random.default_rng([seed, 7])
-    if val_fraction <= 0:
-        return np.arange(n), np.zeros(0, np.int64)
-    if split.speaker is not None and len(np.unique(split.speaker)) >= 2:
-        speakers, counts = np.unique(split.speaker, return_counts=True)
-        order = rng.permutation(len(speakers))
-        cum = np.cumsum(counts[order])
-        k = int(np.searchsorted(cum, val_fraction * n)) + 1
-        k = min(max(k, 1), len(speakers) - 1)
-        is_val = np.isin(split.speaker, speakers[order[:k]])
-    else:
-        strata = split.match if split.match is not None else np.zeros(n, bool)
-        is_val = np.zeros(n, bool)
-        for c in np.unique(strata):
-            rows = rng.permutation(np.flatnonzero(strata == c))
-            is_val[rows[: int(round(val_fraction * len(rows)))]] = True
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
 class MMDigitsDataModule(L.LightningDataModule):
     """Loads (auto-building if needed) a challenge directory and serves batches for one task.
 
     Attributes after ``setup("fit")``: ``stats`` (audio_mean/std (13,), image_mean/std () on the 0..1 scale,
-    train part only), ``pos_rate``, ``has_digit_labels``, ``num_classes``, ``data`` (ChallengeData).
+    train part only), ``pos_rate``, ``has_digit_labels``, ``data`` (ChallengeData).
+    ``audio=None`` takes the corpus of the complete build in ``dir`` (its manifest), Arabic when building.
     """
 
     def __init__(
         self,
         dir: str = "Dataset",
         raw_dir: str | None = None,
-        audio: str = "arabic",
+        audio: str | None = None,
         build: dict[str, Any] | None = None,
         task: str = "match",
         use_digit_labels: bool = True,
@@ -67,22 +46,22 @@ class MMDigitsDataModule(L.LightningDataModule):
         bucket_batches: int = 50,
         pad_to: int | None = None,
         digit_pairing: str = "repair",
+        max_frames: int = MAX_FRAMES,
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
-        if task not in TASKS:
-            raise DataError(f"task={task!r}; expected one of {TASKS}")
+        self.task = get_task(task)
         if sampler not in SAMPLERS:
             raise DataError(f"sampler={sampler!r}; expected one of {SAMPLERS}")
         if digit_pairing not in ("repair", "matched"):
             raise DataError(f"digit_pairing={digit_pairing!r}; expected 'repair' or 'matched'")
-        if task != "match" and not use_digit_labels:
+        if self.task.needs_digit_labels and not use_digit_labels:
             raise DataError(f"task={task!r} needs digit labels but use_digit_labels=false")
         self.dir, self.raw_dir, self.audio = Path(dir), raw_dir, audio
         self.build = dict(build or {})
-        self.task, self.use_digit_labels = task, use_digit_labels
+        self.use_digit_labels = use_digit_labels
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.sampler, self.bucketing, self.pad_to = (
             val_fraction,
@@ -90,9 +69,13 @@ class MMDigitsDataModule(L.LightningDataModule):
             bucketing,
             pad_to,
         )
-        self.digit_pairing, self.seed, self.num_workers = digit_pairing, seed, num_workers
+        self.digit_pairing, self.max_frames, self.seed, self.num_workers = (
+            digit_pairing,
+            max_frames,
+            seed,
+            num_workers,
+        )
         self.bucket_batches = bucket_batches
-        self.num_classes = 1 if task == "match" else 10
         self.data: ChallengeData | None = None
         self.stats: dict[str, torch.Tensor] = {}
         self.pos_rate: float = 0.5
@@ -106,90 +89,94 @@ class MMDigitsDataModule(L.LightningDataModule):
     @property
     def has_test_labels(self) -> bool:
         """Whether ``dir`` can score the test split for this task (original challenge files cannot)."""
-        name = "match_test.npy" if self.task == "match" else "digit_written_test.npy"
-        return (self.dir / name).is_file()
+        return (self.dir / self.task.test_label_file).is_file()
 
     # ------------------------------------------------------------------ preparation
     def prepare_data(self) -> None:
-        """Ensure ``dir`` holds a dataset: user-owned challenge files or a complete build (else build)."""
+        """Ensure ``dir`` holds a dataset: user-owned challenge files or a complete build (else build it).
+
+        A complete build is never rebuilt into a different one: its manifest says what it is, and a request
+        for something else (``audio``, ``build``) is an error naming both."""
+        if self.dir.exists() and not self.dir.is_dir():
+            raise DataError(f"{self.dir}: is a file; expected a directory for the dataset (data.dir)")
         m = read_manifest(self.dir)
-        if (
-            not self.build
-            and m is not None
-            and m.get("settings", {}).get("audio") == self.audio
-            and is_complete(self.dir, check_hashes=False)
-        ):
-            return  # no explicit build settings: any complete build of this audio corpus will do
-        ensure_dataset(self.dir, self.raw_dir, audio=self.audio, **self.build)
+        if m is None or not is_complete(self.dir, check_hashes=False):
+            ensure_dataset(self.dir, self.raw_dir, audio=self.audio or "arabic", **self.build)
+            return
+        have = m.get("settings", {})
+        if self.audio is not None and have.get("audio") != self.audio:
+            raise DataError(
+                f"{self.dir}: holds a complete {have.get('audio')!r} build (manifest.json), but this run "
+                f"asks for data.audio={self.audio!r}; point data.dir at another directory, or leave "
+                "data.audio unset"
+            )
+        if self.build:  # explicit settings: the same build, or an error naming both
+            ensure_dataset(self.dir, self.raw_dir, audio=have.get("audio"), **self.build)
+
+    @property
+    def corpus(self) -> str | None:
+        """The audio corpus of the loaded data (the manifest's; None for the original challenge files)."""
+        manifest = self.data.manifest if self.data is not None else read_manifest(self.dir)
+        return (manifest or {}).get("settings", {}).get("audio", self.audio)
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:
-            self.data = load_challenge_dir(self.dir, use_digit_labels=self.use_digit_labels)
+            self.data = load_challenge_dir(self.dir, self.use_digit_labels, self.max_frames)
             self.has_digit_labels = self.data.has_digit_labels
-            if self.task != "match" and not self.has_digit_labels:
+            if self.task.needs_digit_labels and not self.has_digit_labels:
                 raise DataError(
-                    f"{self.dir}: task={self.task!r} needs digit_written_*/digit_spoken_* label files, "
+                    f"{self.dir}: task={self.task.name!r} needs digit_written_*/digit_spoken_* label files, "
                     "which the original challenge files do not include (only the match task is "
                     "available); build the dataset from the raw corpora with `python -m mmdigits.data.build`"
                 )
             self._tensors = {s: SplitTensors.from_split(self.data.split(s)) for s in ("train", "test")}
         if stage in (None, "fit", "validate") and self.train_set is None:
-            train = self.data.train
-            tr, va = split_train_val(train, self.val_fraction, self.seed)
-            self.train_set = self._view("train", tr, stream=1)
-            self.val_set = self._view("train", va, stream=2)
-            if train.match is not None:
-                self.pos_rate = float(train.match[tr].mean()) if len(tr) else 0.5
-            t = self._tensors["train"]
-            aud = self.train_set.aud.numpy()
-            a_mean, a_std = t.audio_stats(aud)
-            i_mean, i_std = t.image_stats(self.train_set.rows.numpy())
-            self.stats = {"audio_mean": a_mean, "audio_std": a_std, "image_mean": i_mean, "image_std": i_std}
+            self._setup_fit()
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = self._view("test", np.arange(len(self.data.test)), stream=3)
+
+    def _setup_fit(self) -> None:
+        assert self.data is not None
+        train = self.data.train
+        if not len(train):
+            raise DataError(f"{self.dir / 'written_train.npy'}: the train split has no rows")
+        parts = split_train_val(train, self.val_fraction, self.seed)
+        log.info(
+            "validation: %d rows by %s (%d train rows left out: their image is in validation); shared with "
+            "training: %s",
+            len(parts.val),
+            parts.by,
+            parts.dropped,
+            parts.shared,
+        )
+        self.train_set = self._view("train", parts.train, stream=1)
+        self.val_set = self._view("train", parts.val, stream=2)
+        if train.match is not None:
+            self.pos_rate = float(train.match[parts.train].mean()) if len(parts.train) else 0.5
+        t = self._tensors["train"]
+        a_mean, a_std = t.audio_stats(self.train_set.aud.numpy())
+        i_mean, i_std = t.image_stats(self.train_set.rows.numpy())
+        self.stats = {"audio_mean": a_mean, "audio_std": a_std, "image_mean": i_mean, "image_std": i_std}
 
     def _view(self, split_name: str, rows: np.ndarray, stream: int) -> BatchDataset:
         """The task's rows within ``rows`` of a split."""
         assert self.data is not None
         sp, t = self.data.split(split_name), self._tensors[split_name]
         rows = np.asarray(rows, np.int64)
-        aud = t.row_audio[rows]
-        dig = self.has_digit_labels
-        if self.task == "match":
-            target = None if sp.match is None else sp.match[rows].astype(np.float32)
-        elif self.task == "digit" and self.digit_pairing == "matched":
-            if sp.match is None:
-                raise DataError(f"{self.dir}: digit_pairing='matched' needs match_{split_name}.npy")
-            rows = rows[sp.match[rows]]
-            aud = t.row_audio[rows]
-        elif self.task == "digit":  # repair: a same-digit utterance from this part for every image
-            rng = np.random.default_rng([self.seed, stream, 11])
-            pool = np.unique(aud)
-            pool_digit = t.bank_digit[pool]  # type: ignore[index]
-            order = np.argsort(pool_digit, kind="stable")
-            counts = np.bincount(pool_digit, minlength=10)
-            d = sp.digit_written[rows]  # type: ignore[index]
-            if len(rows) and (counts[np.unique(d)] == 0).any():
-                raise DataError(f"{self.dir}: {split_name} part lacks utterances for some image digits")
-            starts = np.cumsum(counts) - counts
-            pick = np.minimum(
-                (rng.random(len(rows)) * counts[d]).astype(np.int64), np.maximum(counts[d] - 1, 0)
-            )
-            aud = pool[order[starts[d] + pick]] if len(rows) else aud
-        elif self.task == "image_digit":
-            if sp.source is not None:
-                _, first = np.unique(sp.source[rows], return_index=True)
-                rows = rows[np.sort(first)]
-                aud = t.row_audio[rows]
-        else:  # audio_digit: unique utterances
-            _, first = np.unique(aud, return_index=True)
-            rows, aud = rows[np.sort(first)], aud[np.sort(first)]
-        image_digit = sp.digit_written[rows] if dig else None  # type: ignore[index]
-        audio_digit = t.bank_digit[aud] if dig else None  # type: ignore[index]
-        if self.task in ("digit", "image_digit"):
-            target = image_digit
-        elif self.task == "audio_digit":
-            target = audio_digit
+        part = SplitPart(
+            rows=rows,
+            audio=t.row_audio[rows],
+            match=sp.match,
+            image_digit=sp.digit_written if self.has_digit_labels else None,
+            audio_digit=t.audio_digit if self.has_digit_labels else None,
+            source=sp.source,
+            rng=np.random.default_rng([self.seed, stream, 11]),
+            where=f"{self.dir}: {split_name} part",
+            pairing=self.digit_pairing,
+        )
+        rows, aud, target = self.task.select(part)
+        image_digit = sp.digit_written[rows] if self.has_digit_labels else None  # type: ignore[index]
+        audio_digit = t.audio_digit[aud] if self.has_digit_labels else None  # type: ignore[index]
         return BatchDataset(t, rows, aud, target, image_digit, audio_digit, self.pad_to)
 
     # ------------------------------------------------------------------ loaders
@@ -212,9 +199,9 @@ class MMDigitsDataModule(L.LightningDataModule):
         assert self.train_set is not None, "call setup('fit') first"
         ds = self.train_set
         mode = self.sampler
-        if mode != "none" and self.task != "match":
+        if mode != "none" and not self.task.binary:
             log.warning(
-                "sampler=%r only applies to the match task; using 'none' for task %r", mode, self.task
+                "sampler=%r only applies to match labels; using 'none' for task %r", mode, self.task.name
             )
             mode = "none"
         labels = ds.target.numpy() > 0.5 if mode != "none" and ds.target is not None else None

@@ -1,4 +1,8 @@
-"""In-memory tensor views of a split and the batch-producing Dataset (no per-item Python loops)."""
+"""The Dataset the loaders read, and the one builder of the batch contract (docs/interfaces.md).
+
+A split lives in memory as uint8 images and its distinct utterances concatenated (``Utterances``); a batch
+pads only its own rows, to its longest row (or ``pad_to``), with no per-item Python loop.
+"""
 
 from __future__ import annotations
 
@@ -6,57 +10,99 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from mmdigits.data.challenge import N_MFCC, SplitData
 
 
+def pad_utterances(
+    frames: Tensor, offsets: Tensor, lengths: Tensor, n_frames: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Utterances ``frames[offsets[b] : offsets[b] + lengths[b]]`` as a zero-padded (B, T, 13) batch and their
+    lengths (clipped to ``n_frames`` when given; else T is the longest)."""
+    T = int(n_frames or (int(lengths.max()) if len(lengths) else 1))
+    lengths = lengths.clamp_max(T)
+    t = torch.arange(T)
+    valid = t[None, :] < lengths[:, None]
+    pos = torch.where(valid, offsets[:, None] + t[None, :], 0)
+    audio = (
+        frames[pos] * valid.unsqueeze(-1).to(frames.dtype) if len(frames) else frames.new_zeros(0, T, N_MFCC)
+    )
+    return audio, lengths
+
+
+def make_batch(
+    images: Tensor | np.ndarray | None = None,
+    audio: tuple[Tensor, Tensor] | None = None,
+    index: Tensor | None = None,
+    **labels: Tensor | None,
+) -> dict[str, Tensor]:
+    """A batch per docs/interfaces.md from raw uint8 images (B, 784) or (B, 28, 28), padded audio and
+    lengths, row indices and labels (``target``, ``image_digit``, ``audio_digit``; None ones are left out)."""
+    batch: dict[str, Tensor] = {}
+    if images is not None:
+        images = torch.as_tensor(images)
+        batch["image"] = images.reshape(len(images), 1, 28, 28).float()
+    if audio is not None:
+        batch["audio"], batch["lengths"] = audio
+    size = len(next(iter(batch.values())))
+    batch["index"] = torch.arange(size) if index is None else index
+    batch.update({k: v for k, v in labels.items() if v is not None})
+    return batch
+
+
 @dataclass
 class SplitTensors:
-    """A split in memory: images uint8 (n, 1, 28, 28); unique utterances zero-padded in ``bank`` (U, Tmax, 13)
-    with ``bank_len`` (U,); ``row_audio`` (n,) maps each row to its utterance in the bank."""
+    """A split as tensors: images uint8 (n, 784), the utterances' frames (F, 13), offsets and lengths (U,),
+    ``row_audio`` (n,) the utterance of each row, ``audio_digit`` (U,) the digit of each utterance (-1 for an
+    utterance no row uses; None without digit labels)."""
 
-    images: torch.Tensor
-    bank: torch.Tensor
-    bank_len: torch.Tensor
+    images: Tensor
+    frames: Tensor
+    offsets: Tensor
+    lengths: Tensor
     row_audio: np.ndarray
-    bank_digit: np.ndarray | None  # digit of each bank utterance (None without digit labels)
+    audio_digit: np.ndarray | None
 
     @classmethod
     def from_split(cls, split: SplitData) -> SplitTensors:
-        n = len(split)
-        if split.utterance is not None:
-            _, first, inverse = np.unique(split.utterance, return_index=True, return_inverse=True)
-        else:  # dedupe by object identity (rows shared by pickling)
-            keys: dict[int, int] = {}
-            inverse = np.fromiter((keys.setdefault(id(x), len(keys)) for x in split.spoken), np.int64, n)
-            first = np.zeros(len(keys), np.int64)
-            first[inverse[::-1]] = np.arange(n)[::-1]
-        uniq = [split.spoken[i] for i in first]
-        lengths = np.array([len(u) for u in uniq], np.int64)
-        tmax = int(lengths.max()) if len(lengths) else 1
-        bank = np.zeros((len(uniq), tmax, N_MFCC), np.float32)
-        if uniq:
-            bank[np.arange(tmax)[None, :] < lengths[:, None]] = np.concatenate(uniq)
-        images = torch.from_numpy(np.ascontiguousarray(split.written).reshape(n, 1, 28, 28))
-        digit = None if split.digit_spoken is None else split.digit_spoken[first]
-        return cls(images, torch.from_numpy(bank), torch.from_numpy(lengths), inverse.astype(np.int64), digit)
-
-    def audio_stats(self, aud: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-coefficient mean/std over all real frames of the rows whose bank indices are ``aud``."""
-        cnt = torch.from_numpy(np.bincount(aud, minlength=len(self.bank)).astype(np.float64))
-        bank = self.bank.double()
-        n = (cnt * self.bank_len.double()).sum()
-        mean = cnt @ bank.sum(1) / n
-        var = (cnt @ (bank**2).sum(1) / n - mean**2).clamp_min(1e-12)
-        return mean.float(), var.sqrt().float()
-
-    def image_stats(self, img: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean/std of the 0..1 pixels of the images ``img`` (exact, via a 256-bin histogram)."""
-        hist = np.bincount(
-            self.images.view(len(self.images), -1)[torch.from_numpy(img)].numpy().ravel(), minlength=256
+        utts = split.utterances
+        digit = None
+        if split.digit_spoken is not None:
+            digit = np.full(len(utts), -1, np.int64)
+            digit[split.row_audio] = split.digit_spoken
+        return cls(
+            torch.from_numpy(np.ascontiguousarray(split.written)),
+            torch.from_numpy(utts.frames),
+            torch.from_numpy(utts.offsets),
+            torch.from_numpy(utts.lengths),
+            split.row_audio,
+            digit,
         )
+
+    def audio(self, utterances: Tensor, n_frames: int | None = None) -> tuple[Tensor, Tensor]:
+        return pad_utterances(self.frames, self.offsets[utterances], self.lengths[utterances], n_frames)
+
+    def audio_stats(self, aud: np.ndarray) -> tuple[Tensor, Tensor]:
+        """Per-coefficient mean/std over all real frames of the rows whose utterances are ``aud``."""
+        uses = np.bincount(aud, minlength=len(self.lengths)).astype(np.float64)
+        frames = self.frames.numpy()
+        offsets = self.offsets.numpy()
+        sums = (
+            np.add.reduceat(frames, offsets, axis=0, dtype=np.float64) if len(frames) else np.zeros((0, 13))
+        )
+        squares = (
+            np.add.reduceat(np.square(frames, dtype=np.float64), offsets, axis=0) if len(frames) else sums
+        )
+        n = float(uses @ self.lengths.numpy())
+        mean = uses @ sums / n
+        var = np.maximum(uses @ squares / n - mean**2, 1e-12)
+        return torch.from_numpy(mean).float(), torch.from_numpy(np.sqrt(var)).float()
+
+    def image_stats(self, rows: np.ndarray) -> tuple[Tensor, Tensor]:
+        """Mean/std of the 0..1 pixels of the images ``rows`` (exact, via a 256-bin histogram)."""
+        hist = np.bincount(self.images[torch.from_numpy(rows)].numpy().ravel(), minlength=256)
         v = np.arange(256) / 255.0
         mean = (hist * v).sum() / hist.sum()
         std = np.sqrt(max((hist * v**2).sum() / hist.sum() - mean**2, 1e-12))
@@ -95,28 +141,16 @@ class BatchDataset(Dataset):
     @property
     def lengths(self) -> np.ndarray:
         """Frames of every row (for bucketing)."""
-        return self.t.bank_len[self.aud].numpy()
+        return self.t.lengths[self.aud].numpy()
 
-    def __getitem__(self, idx: torch.Tensor | list[int]) -> dict[str, torch.Tensor]:
+    def __getitem__(self, idx: Tensor | list[int]) -> dict[str, Tensor]:
         idx = torch.as_tensor(idx, dtype=torch.int64)
         rows = self.rows[idx]
-        u = self.aud[idx]
-        lengths = self.t.bank_len[u]
-        n_frames = self.pad_to or int(lengths.max())
-        if n_frames <= self.t.bank.shape[1]:
-            audio = self.t.bank[u, :n_frames]
-        else:
-            audio = F.pad(self.t.bank[u], (0, 0, 0, n_frames - self.t.bank.shape[1]))
-        batch = {
-            "image": self.t.images[rows].float(),
-            "audio": audio,
-            "lengths": lengths.clamp_max(n_frames),
-            "index": rows,
-        }
-        if self.target is not None:
-            batch["target"] = self.target[idx]
-        if self.image_digit is not None:
-            batch["image_digit"] = self.image_digit[idx]
-        if self.audio_digit is not None:
-            batch["audio_digit"] = self.audio_digit[idx]
-        return batch
+        return make_batch(
+            images=self.t.images[rows],
+            audio=self.t.audio(self.aud[idx], self.pad_to),
+            index=rows,
+            target=None if self.target is None else self.target[idx],
+            image_digit=None if self.image_digit is None else self.image_digit[idx],
+            audio_digit=None if self.audio_digit is None else self.audio_digit[idx],
+        )

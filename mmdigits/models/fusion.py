@@ -1,13 +1,16 @@
 """Fusion heads: ``__init__(in_dims, out_dim, **kw)``; ``forward(feats: list[(B, d_m)]) -> (B, out_dim)``.
 
 Every fusion accepts any number (>= 1) of modality features of any widths; out_dim is 1 for the match
-task (binary logit) and n_classes for digit tasks.
+task (binary logit) and 10 for digit tasks. A fusion with per-modality heads also has
+``modality_logits(feats)`` and ``combine(modality_logits)`` (forward = their composition), so a caller that
+needs the heads' outputs too computes them once.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -53,33 +56,25 @@ class ConcatFusion(nn.Module):
         return self.head(torch.cat(list(feats), dim=-1))
 
 
-class _PerModalityHeads(nn.Module):
-    """Shared machinery of late/agreement fusion: one MLP head per modality to ``n_classes`` logits."""
+@dataclass
+class FusionOutput:
+    """A fusion's logits (B, out_dim) and, for a fusion with per-modality heads, each modality's logits."""
 
-    def __init__(
-        self, in_dims: Sequence[int], n_classes: int, hidden: Sequence[int], dropout: float, T: float
-    ):
-        super().__init__()
-        self.n, self.n_classes, self.temperature = len(in_dims), n_classes, T
-        self.heads = nn.ModuleList(MLP(d, hidden, n_classes, dropout) for d in in_dims)
-
-    def modality_logits(self, feats: list[Tensor]) -> list[Tensor]:
-        """Per-modality class logits (already divided by the temperature), each (B, n_classes)."""
-        _check(feats, self.n)
-        return [head(f) / self.temperature for head, f in zip(self.heads, feats)]
-
-    def modality_logprobs(self, feats: list[Tensor]) -> list[Tensor]:
-        # heads run in the autocast dtype; the probabilities are taken in float32
-        return [F.log_softmax(lg.float(), dim=-1) for lg in self.modality_logits(feats)]
+    logits: Tensor
+    modality_logits: list[Tensor] | None = None
 
 
-class LateFusion(_PerModalityHeads):
-    """Per-modality heads to ``n_classes`` digit logits, combined at the decision level.
+class AgreementFusion(nn.Module):
+    """Per-modality heads, combined at the decision level ("late fusion").
 
-    * out_dim == n_classes: product of experts, sum_m log p_m (a normalised log-posterior up to a constant).
-    * out_dim == 1 with >= 2 modalities: learned affine map a * logit(P) + b of the agreement probability
-      P = sum_k prod_m p_m[k] (a=1, b=0 at init), i.e. "do the modalities name the same digit".
-    * otherwise (e.g. a single modality and out_dim 1): a linear read-out of the concatenated log-probs.
+    Each modality m has a head (MLP, ``hidden`` widths) to ``n_classes`` logits, divided by ``temperature``;
+    p_m is their softmax (in float32). Then, by the number of outputs:
+
+    * out_dim == 1 with >= 2 modalities (match task): the agreement P = sum_k prod_m p_m[k], i.e. "do the
+      modalities name the same class"; forward returns logit(P), soft-clamped to [eps, 1 - eps]. With
+      ``calibrate`` (the ``late`` config) a learned affine map a * logit(P) + b follows (a=1, b=0 at init).
+    * out_dim > 1 (digit tasks): n_classes is out_dim and forward returns sum_m log p_m (product of experts).
+    * out_dim == 1 with one modality: a linear read-out of its log-probs.
     """
 
     def __init__(
@@ -89,64 +84,46 @@ class LateFusion(_PerModalityHeads):
         n_classes: int = 10,
         hidden: Sequence[int] = (),
         dropout: float = 0.0,
+        temperature: float = 1.0,
+        calibrate: bool = False,
         eps: float = 1e-6,
     ) -> None:
-        super().__init__(in_dims, n_classes, hidden, dropout, 1.0)
-        self.out_dim, self.eps = out_dim, eps
-        self.mode = "poe" if out_dim == n_classes else "agree" if out_dim == 1 and self.n >= 2 else "linear"
-        if self.mode == "agree":
+        super().__init__()
+        self.n, self.out_dim, self.eps = len(in_dims), out_dim, eps
+        self.n_classes = n_classes if out_dim == 1 else out_dim
+        self.temperature = temperature
+        self.heads = nn.ModuleList(MLP(d, hidden, self.n_classes, dropout) for d in in_dims)
+        self.mode = "poe" if out_dim != 1 else "agree" if self.n >= 2 else "linear"
+        if self.mode == "agree" and calibrate:
             self.scale, self.bias = nn.Parameter(torch.ones(1)), nn.Parameter(torch.zeros(1))
-        elif self.mode == "linear":
-            self.readout = nn.Linear(self.n * n_classes, out_dim)
+        self.calibrate = self.mode == "agree" and calibrate
+        if self.mode == "linear":
+            self.readout = nn.Linear(self.n * self.n_classes, out_dim)
 
-    def forward(self, feats: list[Tensor]) -> Tensor:
-        logps = self.modality_logprobs(feats)
+    def modality_logits(self, feats: list[Tensor]) -> list[Tensor]:
+        """Per-modality class logits (already divided by the temperature), each (B, n_classes)."""
+        _check(feats, self.n)
+        return [head(f) / self.temperature for head, f in zip(self.heads, feats)]
+
+    def combine(self, modality_logits: list[Tensor]) -> Tensor:
+        """The fused logits (B, out_dim) from :meth:`modality_logits`."""
+        logps = [F.log_softmax(lg.float(), dim=-1) for lg in modality_logits]  # float32 even under autocast
         if self.mode == "poe":
             return torch.stack(logps).sum(0)
-        if self.mode == "agree":
-            return self.scale * agreement_logit(logps, self.eps) + self.bias
-        return self.readout(torch.cat(logps, dim=-1))
-
-
-class AgreementFusion(_PerModalityHeads):
-    """Shared-latent agreement (match task): p_m = softmax(head_m(f_m) / temperature) over ``n_latent``
-    classes and P(match) = sum_k prod_m p_m[k]; forward returns logit(P) (soft-clamped to [eps, 1-eps],
-    float32 even under autocast).
-
-    With out_dim != 1 (digit tasks) n_latent is set to out_dim and forward returns sum_m log p_m (product of
-    experts). With a single modality and out_dim 1 there is nothing to agree with: a linear read-out of the
-    log-probs is used instead.
-    """
-
-    def __init__(
-        self,
-        in_dims: Sequence[int],
-        out_dim: int,
-        n_latent: int = 10,
-        hidden: Sequence[int] = (),
-        dropout: float = 0.0,
-        temperature: float = 1.0,
-        eps: float = 1e-6,
-    ) -> None:
-        n_latent = n_latent if out_dim == 1 else out_dim
-        super().__init__(in_dims, n_latent, hidden, dropout, temperature)
-        self.out_dim, self.eps = out_dim, eps
-        self.readout = nn.Linear(n_latent, 1) if out_dim == 1 and self.n == 1 else None
+        if self.mode == "linear":
+            return self.readout(torch.cat(logps, dim=-1))
+        logit = agreement_logit(logps, self.eps)
+        return self.scale * logit + self.bias if self.calibrate else logit
 
     def forward(self, feats: list[Tensor]) -> Tensor:
-        logps = self.modality_logprobs(feats)
-        if self.out_dim != 1:
-            return torch.stack(logps).sum(0)
-        if self.readout is not None:
-            return self.readout(logps[0])
-        return agreement_logit(logps, self.eps)
+        return self.combine(self.modality_logits(feats))
 
-    def balance_loss(self, feats: list[Tensor]) -> Tensor:
+    def balance_loss(self, modality_logits: list[Tensor]) -> Tensor:
         """Anti-collapse term: KL(batch-mean p_m || uniform) = log K - H(mean_b p_m), averaged over
-        modalities. 0 when every latent class is used equally over the batch, log K when collapsed."""
+        modalities. 0 when every class is used equally over the batch, log K when collapsed."""
         losses = []
-        for lp in self.modality_logprobs(feats):
-            p_bar = lp.exp().mean(0)
+        for lg in modality_logits:
+            p_bar = F.softmax(lg.float(), dim=-1).mean(0)
             losses.append((p_bar * torch.log(p_bar.clamp_min(1e-12))).sum() + math.log(self.n_classes))
         return torch.stack(losses).mean()
 

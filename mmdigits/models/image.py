@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 
-class CNN(nn.Module):
+class CNNEncoder(nn.Module):
     """The seed notebook's MNIST CNN (widths configurable).
 
     Conv(1,c1,3) -> BN -> ReLU -> Dropout(.1) -> Conv(c1,c2,3) -> BN -> ReLU -> MaxPool2 -> Dropout(.25)
@@ -38,7 +38,7 @@ class CNN(nn.Module):
         return self.net(x)
 
 
-class LeNet(nn.Module):
+class LeNetEncoder(nn.Module):
     """LeNet-5 style: Conv(1,6,5,pad 2) -> pool -> Conv(6,16,5) -> pool -> FC 120 -> FC 84.
 
     ``act``: 'relu' (with max pooling) or 'tanh' (with average pooling, as in 1998). ``out_dim`` = 84.
@@ -77,7 +77,7 @@ class BasicBlock(nn.Module):
         return torch.relu(self.bn2(self.conv2(h)) + self.short(x))
 
 
-class ResNet(nn.Module):
+class ResNetEncoder(nn.Module):
     """Small ResNet: 3x3 stem + stages of basic blocks (first block of each stage strided) + global avg pool.
 
     Defaults: stem 16 ch at 28x28, stages 32/64/128 at 14/7/4 px, one block each (~0.30 M params).

@@ -1,8 +1,16 @@
-"""Load a trained model from a checkpoint file, with clear errors."""
+"""Load a trained model from a checkpoint without running code from it, with clear errors.
+
+A checkpoint is read with torch's weights-only unpickler (plain containers and tensors only). Its model
+config is then built only from classes of the zoo (``mmdigits.models.*`` modules) and torch's optimisers and
+schedulers: any other ``_target_`` is refused before anything is called. ``trust=True`` reads a legacy
+checkpoint (written before hyperparameters were plain data) with the full unpickler: only for files you trust.
+"""
 
 from __future__ import annotations
 
+import importlib
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -10,19 +18,40 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch import nn
 
 from mmdigits.errors import CheckpointError
-from mmdigits.models.module import OPTIONAL_BUFFERS, MultimodalModule
+from mmdigits.models.module import OPTIONAL_BUFFERS, MultimodalModule, plain
+
+# classes renamed since checkpoints were first written: old target -> (new target, extra kwargs)
+RENAMED: dict[str, tuple[str, dict[str, Any]]] = {
+    "mmdigits.models.image.CNN": ("mmdigits.models.image.CNNEncoder", {}),
+    "mmdigits.models.image.LeNet": ("mmdigits.models.image.LeNetEncoder", {}),
+    "mmdigits.models.image.ResNet": ("mmdigits.models.image.ResNetEncoder", {}),
+    "mmdigits.models.fusion.LateFusion": ("mmdigits.models.fusion.AgreementFusion", {"calibrate": True}),
+}
+RENAMED_KWARGS = {"mmdigits.models.fusion.AgreementFusion": {"n_latent": "n_classes"}}
+TRUST_HINT = "pass +trust_checkpoint=true only for a file you trust: loading it can run code"
 
 
-def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
-    """The checkpoint dict at ``path``; CheckpointError when missing, unreadable or not ours."""
+def read_checkpoint(path: str | Path, map_location: str = "cpu", trust: bool = False) -> dict[str, Any]:
+    """The checkpoint dict at ``path``; CheckpointError when missing, unreadable, unsafe or not ours."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory; expected a .ckpt file")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as err:
+        ckpt = torch.load(path, map_location=map_location, weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        asked = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if asked:
+            raise CheckpointError(
+                f"{path}: refuses to load: the checkpoint asks for {asked.group(1)}, which is not plain data "
+                f"or a tensor (a checkpoint of an older mmdigits, or a crafted file); {TRUST_HINT}"
+            ) from err
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?)") from err
+    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {first}") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
@@ -30,9 +59,59 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
     return ckpt
 
 
-def check_resume_checkpoint(path: str | Path, model: MultimodalModule) -> None:
+def _allowed(target: str) -> bool:
+    module_name, _, name = target.rpartition(".")
+    if module_name.startswith("mmdigits.models.") or module_name == "mmdigits.models":
+        base: tuple[type, ...] = (nn.Module,)
+    elif module_name in ("torch.optim", "torch.optim.lr_scheduler"):
+        base = (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
+    else:
+        return False
+    try:
+        obj = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(obj, type) and issubclass(obj, base)
+
+
+def safe_model_config(cfg: Any, path: str | Path) -> Any:
+    """``cfg`` with legacy class names updated; CheckpointError (before anything is called) when a
+    ``_target_`` is not a zoo class or a torch optimiser/scheduler."""
+    if isinstance(cfg, list):
+        return [safe_model_config(v, path) for v in cfg]
+    if not isinstance(cfg, dict):
+        return cfg
+    out = {k: safe_model_config(v, path) for k, v in cfg.items()}
+    target = out.get("_target_")
+    if target is None:
+        return out
+    if not isinstance(target, str):
+        raise CheckpointError(f"{path}: its model config names a non-string _target_ {target!r}")
+    if target in RENAMED:
+        target, extra = RENAMED[target]
+        out = {**extra, **out, "_target_": target}
+    for old, new in RENAMED_KWARGS.get(target, {}).items():
+        if old in out:
+            out[new] = out.pop(old)
+    if not _allowed(target):
+        raise CheckpointError(
+            f"{path}: refuses to load: its model config asks to build {target}, which is not part of the "
+            "model zoo (mmdigits.models.*) or a torch optimiser/scheduler"
+        )
+    return out
+
+
+def model_kwargs(hparams: Any, path: str | Path) -> dict[str, Any]:
+    """The checkpoint's hyperparameters as safe keyword arguments of ``MultimodalModule``."""
+    hparams = plain(dict(hparams) if isinstance(hparams, DictConfig) else hparams)
+    if not isinstance(hparams, dict):
+        raise CheckpointError(f"{path}: its hyper_parameters are not a mapping")
+    return {k: safe_model_config(plain(v), path) for k, v in hparams.items()}
+
+
+def check_resume_checkpoint(path: str | Path, model: MultimodalModule, trust: bool = False) -> None:
     """Fail early, with one line, when ``path`` cannot resume ``model`` (corrupt, or another model config)."""
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, trust=trust)
     if "loops" not in ckpt or "optimizer_states" not in ckpt:
         raise CheckpointError(f"{path}: holds weights only (no training state), so it cannot resume a run")
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -48,13 +127,16 @@ def check_resume_checkpoint(path: str | Path, model: MultimodalModule) -> None:
         )
 
 
-def load_checkpoint_model(path: str | Path, map_location: str = "cpu") -> MultimodalModule:
+def load_checkpoint_model(
+    path: str | Path, map_location: str = "cpu", trust: bool = False
+) -> MultimodalModule:
     """Rebuild a ``MultimodalModule`` from ``path`` alone (hyperparameters + weights + buffers)."""
     path = Path(path)
-    ckpt = read_checkpoint(path, map_location)
+    ckpt = read_checkpoint(path, map_location, trust)
+    kwargs = model_kwargs(ckpt["hyper_parameters"], path)
     try:
-        model = MultimodalModule(**ckpt["hyper_parameters"])
-    except Exception as err:  # hydra/instantiation errors for unknown targets or bad kwargs
+        model = MultimodalModule(**kwargs)
+    except Exception as err:  # bad kwargs for a zoo class, an unknown task...
         raise CheckpointError(f"{path}: its model config cannot be built here: {err}") from err
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
@@ -69,6 +151,21 @@ def load_checkpoint_model(path: str | Path, map_location: str = "cpu") -> Multim
 
 
 def load_model_and_data(cfg: DictConfig) -> tuple[MultimodalModule, Any]:
-    """``cfg.ckpt_path``'s model and ``cfg.data``'s datamodule, set to the task the model was trained for."""
-    model = load_checkpoint_model(cfg.ckpt_path)
-    return model, instantiate(cfg.data, task=model.task, _convert_="all")
+    """``cfg.ckpt_path``'s model and ``cfg.data``'s datamodule, set to the task the model was trained for.
+
+    The checkpoint's data info decides the audio corpus: an explicit ``data.audio`` that differs, or a
+    ``data.dir`` holding a build of another corpus, is an error naming both."""
+    from mmdigits.data.build import read_manifest
+
+    model = load_checkpoint_model(cfg.ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))
+    trained_on = (model.hparams.get("data_info") or {}).get("audio")
+    asked = cfg.data.get("audio")
+    held = ((read_manifest(cfg.data.dir) or {}).get("settings") or {}).get("audio")
+    for what, audio in ((f"data.audio={asked!r}", asked), (f"{cfg.data.dir} holds a {held!r} build", held)):
+        if trained_on and audio and audio != trained_on:
+            raise CheckpointError(
+                f"{cfg.ckpt_path}: the model was trained on {trained_on!r} audio, but {what}; "
+                f"point data.dir at a {trained_on!r} build (or leave data.audio unset)"
+            )
+    audio = asked or trained_on
+    return model, instantiate(cfg.data, task=model.task.name, audio=audio, _convert_="all")

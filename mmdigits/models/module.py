@@ -1,4 +1,10 @@
-"""One LightningModule for every task: match, digit, image_digit, audio_digit."""
+"""One LightningModule for every task (see :mod:`mmdigits.tasks`).
+
+The one path from a batch to logits, which training, evaluation, prediction, robustness and embedding all
+use: ``encode(batch) -> feats`` (one per modality, in ``modalities`` order), ``fuse(feats) -> FusionOutput``
+(task-shaped logits plus per-modality head logits, each computed once), ``decision_logits(logits)`` (adds
+the decision shift of binary tasks outside training). ``forward(batch)`` is their composition.
+"""
 
 from __future__ import annotations
 
@@ -6,35 +12,30 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning import LightningModule
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
-from torchmetrics import CatMetric, MaxMetric, MeanMetric, MetricCollection
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryAUROC,
-    BinaryConfusionMatrix,
-    BinaryF1Score,
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-)
+from torchmetrics import CatMetric, MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
 
+from mmdigits.models.augment import random_shift, time_mask
+from mmdigits.models.fusion import FusionOutput
 from mmdigits.models.layers import lengths_to_mask
+from mmdigits.tasks import MODALITIES, N_DIGITS, get_task
 
-TASKS = ("match", "digit", "image_digit", "audio_digit")
-N_DIGITS = 10
 # buffers added after checkpoints were first written: loading an older checkpoint keeps their defaults
 OPTIONAL_BUFFERS = ("val_logit_shift",)
+DEFAULT_FUSION = {"_target_": "mmdigits.models.fusion.ConcatFusion"}
+DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
 
 
-def _as_container(cfg: Any) -> Any:
-    """Hydra hands us DictConfigs; checkpoints hand us plain dicts. Accept both."""
-    if cfg is None or isinstance(cfg, DictConfig):
-        return cfg
-    return OmegaConf.create(cfg)
+def plain(cfg: Any) -> Any:
+    """Hydra hands us DictConfigs; checkpoints must hold plain containers (torch's weights-only unpickler
+    refuses anything else), so hyperparameters are stored as dicts and lists."""
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
 
 
 def _train_pos_rate(dm: Any) -> float:
@@ -46,8 +47,8 @@ def _train_pos_rate(dm: Any) -> float:
 
 
 def data_info_from(dm: Any) -> dict[str, Any]:
-    """What single-pair prediction needs to know about the training data: the audio corpus, the MFCC
-    settings for raw wavs (FSDD builds only; None for precomputed Arabic/challenge MFCC) and the build."""
+    """What a checkpoint must know about its training data: the audio corpus, the MFCC settings for raw wavs
+    (FSDD builds only; None for precomputed Arabic/challenge MFCC) and the build settings."""
     data = getattr(dm, "data", None)
     manifest = getattr(data, "manifest", None) or {}
     settings = manifest.get("settings") or {}
@@ -61,12 +62,11 @@ def data_info_from(dm: Any) -> dict[str, Any]:
 
 
 class MultimodalModule(LightningModule):
-    """Encoders → fusion → logits, with the loss, metrics and optimiser for one task.
+    """Encoders -> fusion -> logits, with the task's loss and metrics, and the optimiser.
 
-    Encoders and fusion are given as Hydra configs (``_target_`` dicts), not modules, so
-    ``save_hyperparameters`` captures everything and ``load_from_checkpoint(path)`` alone
-    rebuilds the model. Normalisation statistics and the class prior live in buffers, so they
-    travel in the checkpoint's state dict too.
+    Encoders and fusion are given as Hydra configs (``_target_`` dicts), not modules, so the checkpoint's
+    hyperparameters alone rebuild the model. Normalisation statistics and the class prior live in buffers,
+    so they travel in the checkpoint's state dict too.
     """
 
     def __init__(
@@ -88,31 +88,25 @@ class MultimodalModule(LightningModule):
         data_info: dict | None = None,
     ) -> None:
         super().__init__()
-        if task not in TASKS:
-            raise ValueError(f"model.task must be one of {TASKS}, got {task!r}")
-        self.save_hyperparameters(logger=False)
-        self.task = task
-        use_audio = task != "image_digit" and audio_encoder is not None
-        use_image = task != "audio_digit" and image_encoder is not None
-        if not (use_audio or use_image):
-            raise ValueError(f"task {task!r} needs at least one encoder; got none")
-        self.audio_encoder = instantiate(_as_container(audio_encoder)) if use_audio else None
-        self.image_encoder = instantiate(_as_container(image_encoder)) if use_image else None
+        audio_encoder, image_encoder, fusion = plain(audio_encoder), plain(image_encoder), plain(fusion)
+        optimizer, scheduler, data_info = plain(optimizer), plain(scheduler), plain(data_info)
+        self.save_hyperparameters(logger=False)  # reads the (now plain) arguments
+        self.task = get_task(task)
+        given = {"image": image_encoder, "audio": audio_encoder}
+        self.modalities = [m for m in MODALITIES if m in self.task.modalities and given[m] is not None]
+        if not self.modalities:
+            raise ValueError(f"task {task!r} needs an encoder for one of {self.task.modalities}; got none")
+        self.image_encoder = instantiate(image_encoder) if "image" in self.modalities else None
+        self.audio_encoder = instantiate(audio_encoder) if "audio" in self.modalities else None
         # NHWC lets oneDNN pick its fast kernels for small convolutions (about 1.3x for LeNet on CPU)
         self.channels_last = channels_last and self.image_encoder is not None
         if self.channels_last:
             self.image_encoder.to(memory_format=torch.channels_last)
-        in_dims = [e.out_dim for e in (self.image_encoder, self.audio_encoder) if e is not None]
-        self.num_outputs = 1 if task == "match" else N_DIGITS
-        fusion_cfg = _as_container(fusion) or OmegaConf.create(
-            {"_target_": "mmdigits.models.fusion.ConcatFusion"}
-        )
-        self.fusion = instantiate(fusion_cfg, in_dims=in_dims, out_dim=self.num_outputs)
-
-        # Aux digit supervision: reuse the fusion's own per-modality heads when it has them
-        # (late/agreement), otherwise add linear probes on the features.
+        in_dims = [self.encoder(m).out_dim for m in self.modalities]
+        self.fusion = instantiate(fusion or DEFAULT_FUSION, in_dims=in_dims, out_dim=self.task.num_outputs)
+        # aux digit supervision reuses the fusion's per-modality heads; other fusions get linear probes
         self.aux_heads = None
-        if aux_digit_weight > 0 and not hasattr(self.fusion, "modality_logits"):
+        if aux_digit_weight > 0 and not hasattr(self.fusion, "combine"):
             self.aux_heads = nn.ModuleList(nn.Linear(d, N_DIGITS) for d in in_dims)
 
         self.register_buffer("audio_mean", torch.zeros(13))
@@ -123,27 +117,16 @@ class MultimodalModule(LightningModule):
         self.register_buffer("prior_logit_shift", torch.tensor(0.0))
         # further offset that maximises validation accuracy (threshold_from_val); 0 = decide at p = 0.5
         self.register_buffer("val_logit_shift", torch.tensor(0.0))
-
         self._build_metrics()
 
-    # ------------------------------------------------------------------ metrics
+    def encoder(self, modality: str) -> nn.Module:
+        return {"image": self.image_encoder, "audio": self.audio_encoder}[modality]
+
     def _build_metrics(self) -> None:
-        if self.task == "match":
-            make = lambda: MetricCollection(  # noqa: E731
-                {"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()}
-            )
-            self.test_confmat = BinaryConfusionMatrix()
-        else:
-            make = lambda: MetricCollection(  # noqa: E731
-                {
-                    "acc": MulticlassAccuracy(N_DIGITS, average="micro"),
-                    "f1": MulticlassF1Score(N_DIGITS, average="macro"),
-                }
-            )
-            self.test_confmat = MulticlassConfusionMatrix(N_DIGITS)
-        self.train_metrics = make().clone(prefix="train/")
-        self.val_metrics = make().clone(prefix="val/")
-        self.test_metrics = make().clone(prefix="test/")
+        self.train_metrics = self.task.metrics().clone(prefix="train/")
+        self.val_metrics = self.task.metrics().clone(prefix="val/")
+        self.test_metrics = self.task.metrics().clone(prefix="test/")
+        self.test_confmat = self.task.confusion_matrix()
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # survives a resume from checkpoint
@@ -152,7 +135,7 @@ class MultimodalModule(LightningModule):
             {
                 f"{stage}_{m}": MulticlassAccuracy(N_DIGITS, average="micro")
                 for stage in ("val", "test")
-                for m in ("image", "audio")
+                for m in MODALITIES
             }
         )
 
@@ -161,7 +144,7 @@ class MultimodalModule(LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if stage == "fit" and dm is not None and getattr(dm, "stats", None):
             self.set_normalization(dm.stats)
-            if self.task == "match" and self.hparams.prior_correction:
+            if self.task.binary and self.hparams.prior_correction:
                 self.set_prior(dm.pos_rate, _train_pos_rate(dm))
             self.hparams["data_info"] = data_info_from(dm)  # saved with the checkpoint's hparams
 
@@ -176,7 +159,7 @@ class MultimodalModule(LightningModule):
 
     @property
     def decision_shift(self) -> Tensor:
-        """Added to match logits outside training: prior correction plus the validation-tuned offset."""
+        """Added to binary logits outside training: prior correction plus the validation-tuned offset."""
         return self.prior_logit_shift + self.val_logit_shift
 
     def set_prior(self, data_pos_rate: float, train_pos_rate: float) -> None:
@@ -186,47 +169,25 @@ class MultimodalModule(LightningModule):
 
         self.prior_logit_shift.fill_(logit(data_pos_rate) - logit(train_pos_rate))
 
-    # ------------------------------------------------------------------ forward
-    def normalize(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        image = audio = lengths = None
+    # ------------------------------------------------------------------ the logits path
+    def encode(self, batch: dict[str, Tensor]) -> list[Tensor]:
+        """Normalise (and, in training, augment) the raw batch; one feature tensor per modality."""
+        feats = []
         if self.image_encoder is not None:
             image = (batch["image"].float() / 255.0 - self.image_mean) / self.image_std
+            if self.training and self.hparams.image_shift > 0:
+                image = random_shift(image, self.hparams.image_shift)
             if self.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
+            feats.append(self.image_encoder(image))
         if self.audio_encoder is not None:
             lengths = batch["lengths"]
             audio = (batch["audio"].float() - self.audio_mean) / self.audio_std
             audio = audio * lengths_to_mask(lengths, audio.shape[1]).unsqueeze(-1)
-        return image, audio, lengths
-
-    def features(self, batch: dict[str, Tensor]) -> list[Tensor]:
-        image, audio, lengths = self.normalize(batch)
-        if self.training:
-            image, audio = self._augment(image, audio, lengths)
-        feats = []
-        if self.image_encoder is not None:
-            feats.append(self.image_encoder(image))
-        if self.audio_encoder is not None:
+            if self.training and self.hparams.audio_time_mask > 0:
+                audio = time_mask(audio, lengths, self.hparams.audio_time_mask)
             feats.append(self.audio_encoder(audio, lengths))
-        return feats
-
-    def _augment(self, image: Tensor | None, audio: Tensor | None, lengths: Tensor | None):
-        shift = self.hparams.image_shift
-        if image is not None and shift > 0:
-            # random translation by up to `shift` pixels (pad, then crop at a random offset)
-            padded = F.pad(image, (shift, shift, shift, shift))
-            dx, dy = torch.randint(0, 2 * shift + 1, (2,)).tolist()
-            image = padded[:, :, dy : dy + 28, dx : dx + 28]
-        width = self.hparams.audio_time_mask
-        if audio is not None and width > 0:
-            # SpecAugment-style time mask of up to `width` frames inside each utterance
-            t = torch.arange(audio.shape[1], device=audio.device)
-            w = torch.randint(0, width + 1, (audio.shape[0], 1), device=audio.device)
-            w = torch.minimum(w, (lengths.unsqueeze(1) - 1).clamp(min=0))
-            start = (torch.rand(audio.shape[0], 1, device=audio.device) * (lengths.unsqueeze(1) - w)).long()
-            keep = ~((t >= start) & (t < start + w))
-            audio = audio * keep.unsqueeze(-1)
-        return image, audio
+        return self._modality_dropout(feats)
 
     def _modality_dropout(self, feats: list[Tensor]) -> list[Tensor]:
         p = self.hparams.modality_dropout
@@ -237,76 +198,63 @@ class MultimodalModule(LightningModule):
         which = torch.randint(0, len(feats), (b,), device=feats[0].device)
         return [f * (~(drop & (which == i))).unsqueeze(1).to(f.dtype) for i, f in enumerate(feats)]
 
+    def fuse(self, feats: list[Tensor]) -> FusionOutput:
+        """Task-shaped float32 logits ((B,) binary, (B, 10) digits) and the per-modality head logits (the
+        fusion's own heads, else the aux probes; None without either)."""
+        if hasattr(self.fusion, "combine"):
+            heads = self.fusion.modality_logits(feats)
+            raw = self.fusion.combine(heads)
+        else:
+            raw = self.fusion(feats)
+            heads = None if self.aux_heads is None else [h(f) for h, f in zip(self.aux_heads, feats)]
+        return FusionOutput(self.task.logits(raw), None if heads is None else [h.float() for h in heads])
+
+    def decision_logits(self, logits: Tensor) -> Tensor:
+        """Binary logits outside training get the decision shift; anything else is returned as is."""
+        return logits + self.decision_shift if self.task.binary and not self.training else logits
+
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        """Logits: (B,) for match (prior-corrected in eval), (B, 10) for digit tasks."""
-        logits = self.fusion(self._modality_dropout(self.features(batch)))
-        if self.task == "match":
-            logits = logits.squeeze(-1)
-            if not self.training:
-                logits = logits + self.decision_shift
-        return logits
+        return self.decision_logits(self.fuse(self.encode(batch)).logits)
 
     def predict_proba(self, batch: dict[str, Tensor]) -> Tensor:
-        logits = self(batch).float()
-        return torch.sigmoid(logits) if self.task == "match" else logits.softmax(-1)
+        return self.task.proba(self(batch))
 
     # ------------------------------------------------------------------ steps
     def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
-        feats = self._modality_dropout(self.features(batch))
-        logits = self.fusion(feats)
+        out = self.fuse(self.encode(batch))
         target = batch["target"]
-        if self.task == "match":
-            logits = logits.squeeze(-1).float()
-            loss = F.binary_cross_entropy_with_logits(logits, target.float())
-            if stage != "train":
-                logits = logits + self.decision_shift
-            if stage == "val" and self.hparams.threshold_from_val:
-                self.val_logits.update(logits.detach())
-                self.val_targets.update(target.detach().float())
-            preds = torch.sigmoid(logits)
-        else:
-            logits = logits.float()
-            loss = F.cross_entropy(logits, target)
-            preds = logits.softmax(-1)
-
-        aux = self._aux_logits(feats)
-        if aux is not None and self.hparams.aux_digit_weight > 0:
-            aux_loss = self._aux_loss(aux, batch)
+        loss = self.task.loss(out.logits, target)
+        logits = self.decision_logits(out.logits)
+        if stage == "val" and self.task.binary and self.hparams.threshold_from_val:
+            self.val_logits.update(logits.detach())
+            self.val_targets.update(target.detach().float())
+        heads = out.modality_logits
+        if heads is not None and self.hparams.aux_digit_weight > 0:
+            aux_loss = self._aux_loss(heads, batch)
             if aux_loss is not None:
                 loss = loss + self.hparams.aux_digit_weight * aux_loss
         if self.hparams.balance_weight > 0 and hasattr(self.fusion, "balance_loss"):
-            loss = loss + self.hparams.balance_weight * self.fusion.balance_loss(feats)
+            loss = loss + self.hparams.balance_weight * self.fusion.balance_loss(heads)
 
-        preds = preds.detach()  # metrics keep their inputs (AUROC): never keep the autograd graph
-        metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(preds, target.long())
+        preds = self.task.proba(logits.detach())  # metrics keep their inputs (AUROC): never the graph
+        getattr(self, f"{stage}_metrics").update(preds, target.long())
         getattr(self, f"{stage}_loss").update(loss.detach())
-        if stage != "train" and aux is not None:
-            self._update_aux_acc(aux, batch, stage)
+        if stage != "train" and heads is not None:
+            self._update_aux_acc(heads, batch, stage)
         if stage == "test":
             self.test_confmat.update(preds, target.long())
         return loss
 
-    def _aux_logits(self, feats: list[Tensor]) -> list[Tensor] | None:
-        if hasattr(self.fusion, "modality_logits"):
-            return [x.float() for x in self.fusion.modality_logits(feats)]
-        if self.aux_heads is not None:
-            return [head(f).float() for head, f in zip(self.aux_heads, feats)]
-        return None
-
-    def _modality_names(self) -> list[str]:
-        return [n for n, e in (("image", self.image_encoder), ("audio", self.audio_encoder)) if e is not None]
-
-    def _aux_loss(self, aux: list[Tensor], batch: dict[str, Tensor]) -> Tensor | None:
+    def _aux_loss(self, heads: list[Tensor], batch: dict[str, Tensor]) -> Tensor | None:
         losses = []
-        for name, logits in zip(self._modality_names(), aux):
+        for name, logits in zip(self.modalities, heads):
             labels = batch.get(f"{name}_digit")
             if labels is not None:
-                losses.append(F.cross_entropy(logits[:, :N_DIGITS], labels, ignore_index=-1))
+                losses.append(nn.functional.cross_entropy(logits[:, :N_DIGITS], labels, ignore_index=-1))
         return torch.stack(losses).mean() if losses else None
 
-    def _update_aux_acc(self, aux: list[Tensor], batch: dict[str, Tensor], stage: str) -> None:
-        for name, logits in zip(self._modality_names(), aux):
+    def _update_aux_acc(self, heads: list[Tensor], batch: dict[str, Tensor], stage: str) -> None:
+        for name, logits in zip(self.modalities, heads):
             labels = batch.get(f"{name}_digit")
             if labels is not None and logits.shape[-1] == N_DIGITS:
                 self.aux_acc[f"{stage}_{name}"].update(logits.detach(), labels)
@@ -344,7 +292,7 @@ class MultimodalModule(LightningModule):
         self._log_aux("val")
         self.val_metrics.reset()
         self.val_loss.reset()
-        # val_logits is filled only for the match task with threshold_from_val (see _step)
+        # val_logits is filled only for binary tasks with threshold_from_val (see _step)
         if self.val_logits.update_called and not self.trainer.sanity_checking:  # sanity: untrained model
             self._tune_threshold(self.val_logits.compute(), self.val_targets.compute().bool())
             self.log("val/logit_shift", self.val_logit_shift, sync_dist=True)
@@ -376,7 +324,7 @@ class MultimodalModule(LightningModule):
         self.test_confmat.reset()
 
     def _log_aux(self, stage: str) -> None:
-        for name in ("image", "audio"):
+        for name in MODALITIES:
             metric = self.aux_acc[f"{stage}_{name}"]
             if metric.update_called:
                 self.log(f"{stage}/{name}_digit_acc", metric.compute(), sync_dist=True)
@@ -400,14 +348,11 @@ class MultimodalModule(LightningModule):
 
     # ------------------------------------------------------------------ optimisers
     def configure_optimizers(self) -> Any:
-        opt_cfg = _as_container(self.hparams.optimizer) or OmegaConf.create(
-            {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
-        )
-        optimizer = instantiate(opt_cfg)(params=self.parameters())
-        sched_cfg = _as_container(self.hparams.scheduler)
+        optimizer = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER)(params=self.parameters())
+        sched_cfg = plain(self.hparams.scheduler)
         if sched_cfg is None:
             return optimizer
-        sched_cfg = OmegaConf.to_container(sched_cfg, resolve=True)
+        sched_cfg = dict(sched_cfg)
         interval = sched_cfg.pop("interval", "epoch")
         if sched_cfg.get("_target_", "").endswith("OneCycleLR") and "total_steps" not in sched_cfg:
             sched_cfg["total_steps"] = max(1, int(self.trainer.estimated_stepping_batches))

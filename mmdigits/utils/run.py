@@ -13,35 +13,24 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, Timer
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from mmdigits.errors import CheckpointError
-from mmdigits.utils.checkpoint_io import LastCheckpointEveryEpoch
 from mmdigits.utils.io import atomic_write_json
-from mmdigits.utils.seeding import BatchSeed
-from mmdigits.utils.signals import CheckpointOnInterrupt
 
 
-def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
-    return [instantiate(c) for c in (cfg or {}).values() if c is not None and "_target_" in c]
+def instantiate_callbacks(cfg: DictConfig | None, checkpointing: bool = True) -> list[Callback]:
+    """The callbacks of ``cfg``; without ``checkpointing`` (trainer.enable_checkpointing=false) the ones that
+    write checkpoints are left out, as Lightning refuses them."""
+    callbacks = [instantiate(c) for c in (cfg or {}).values() if c is not None and "_target_" in c]
+    return [c for c in callbacks if checkpointing or not isinstance(c, Checkpoint)]
 
 
 def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
     return [instantiate(c) for c in (cfg or {}).values() if c is not None and "_target_" in c]
-
-
-def reliability_callbacks(cfg: DictConfig, output_dir: Path) -> list[Callback]:
-    """Always on: ``checkpoints/last.ckpt`` after every epoch and on SIGTERM; re-seed every batch (exact
-    resumes)."""
-    last = output_dir / "checkpoints" / "last.ckpt"
-    callbacks: list[Callback] = [CheckpointOnInterrupt(last)]
-    if cfg.trainer.get("enable_checkpointing", True):  # Lightning refuses Checkpoint callbacks otherwise
-        callbacks.append(LastCheckpointEveryEpoch(last))
-    if cfg.get("seed") is not None:
-        callbacks.append(BatchSeed(cfg.seed))
-    return callbacks
 
 
 def drop_nonzero_rank_log_files() -> None:
@@ -69,7 +58,7 @@ def hparams_for_logging(cfg: DictConfig) -> dict[str, Any]:
     """A flat, human-sized set of hyperparameters for TensorBoard's HParams tab."""
     model = cfg.model
     hp = {
-        "model": cfg.get("model_name"),
+        "run": cfg.get("run_name"),
         "task": cfg.data.task,
         "audio_encoder": _choice("audio_encoder"),
         "image_encoder": _choice("image_encoder"),
@@ -115,3 +104,26 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
 
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_json(path, json.loads(json.dumps(obj, default=str)))
+
+
+def budget(cfg: DictConfig) -> str:
+    """The run's training budget in words (logged when the run starts)."""
+    parts = [f"{cfg.trainer.max_epochs} epochs (trainer.max_epochs)"]
+    stopping = (cfg.get("callbacks") or {}).get("early_stopping")
+    if stopping:
+        parts.append(f"early stopping after {stopping.patience} epochs without a better {stopping.monitor}")
+    if cfg.trainer.get("max_time"):
+        parts.append(f"wall-clock cap {cfg.trainer.max_time} (trainer.max_time; recorded if it fires)")
+    return "; ".join(parts)
+
+
+def stopped_by(trainer: Any) -> str:
+    """Why fit ended: ``max_epochs``, ``early_stopping``, ``max_time`` (wall-clock cap) or ``interrupted``."""
+    if trainer.interrupted:
+        return "interrupted"
+    for cb in trainer.callbacks:
+        if isinstance(cb, Timer) and (cb.time_remaining("train") or 1.0) <= 0:
+            return "max_time"
+        if isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0:
+            return "early_stopping"
+    return "max_epochs"

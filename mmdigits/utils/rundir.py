@@ -1,0 +1,109 @@
+"""A run directory belongs to one run: a lock while it is written, no silent reuse, sweep jobs that resume.
+
+* ``RunDirLock``: an exclusive ``flock`` on ``<run dir>/.lock`` for as long as the run writes there; a second
+  process gets a clear error instead of mixing its checkpoints and metrics into the first one's.
+* ``run_state``: what a directory already holds. A new run refuses a directory that holds another run's
+  checkpoints or metrics (``ckpt_path=last`` resumes it, ``overwrite=true`` starts over there).
+* Sweep jobs (``-m``) rerun in the same sweep directory are skipped when they finished with the same config
+  (``run.json`` records its hash) and resume from ``checkpoints/last.ckpt`` when they were cut short.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mmdigits.errors import MMDigitsError
+from mmdigits.utils.io import atomic_write_json
+
+LOCK_FILE = ".lock"
+RUN_FILE = "run.json"
+# what a run that got going leaves (Hydra's own .hydra/ and the log are rewritten by every start)
+RUN_OUTPUTS = ("checkpoints", "metrics.json", "tensorboard", "csv")
+# settings that do not change what a run computes
+NOT_IN_HASH = ("hydra", "paths", "ckpt_path", "overwrite", "trust_checkpoint", "tags", "print_config")
+
+
+class RunDirLock:
+    """Exclusive lock on a run directory (released when the process ends, however it ends)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.dir = Path(directory)
+        self._fh: Any = None
+
+    def __enter__(self) -> RunDirLock:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.dir / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "another process"
+            self._fh.close()
+            raise MMDigitsError(
+                f"{self.dir}: another run is writing to this run directory ({holder}); wait for it, or start "
+                "this run in its own directory (leave hydra.run.dir out)"
+            ) from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(f"pid {os.getpid()}\n")
+        self._fh.flush()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """sha256 of the resolved config, without paths and switches that do not change what a run computes."""
+    data = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in NOT_IN_HASH}
+    data.get("callbacks", {}).pop("model_checkpoint", None)  # holds the run directory's path
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_outputs(directory: Path) -> list[str]:
+    """The outputs of an earlier run that ``directory`` holds (empty for a fresh directory)."""
+    return [name for name in RUN_OUTPUTS if (directory / name).exists() and any_file(directory / name)]
+
+
+def any_file(path: Path) -> bool:
+    return path.is_file() or any(p.is_file() for p in path.rglob("*"))
+
+
+def run_state(directory: Path, cfg_hash: str) -> str:
+    """``new`` (nothing there), ``done`` (finished with this config), ``partial`` (started with this config,
+    with a last.ckpt to resume from) or ``other`` (outputs of another config, or of a run that left no
+    last.ckpt)."""
+    if not run_outputs(directory):
+        return "new"
+    try:
+        recorded = json.loads((directory / RUN_FILE).read_text()).get("config_hash")
+    except (OSError, ValueError):
+        recorded = None
+    if recorded != cfg_hash:
+        return "other"
+    if (directory / "metrics.json").is_file():
+        return "done"
+    return "partial" if (directory / "checkpoints" / "last.ckpt").is_file() else "other"
+
+
+def clear_run(directory: Path) -> None:
+    """Remove an earlier run's outputs (not Hydra's .hydra/ and log, which the new run rewrites)."""
+    for name in (*RUN_OUTPUTS, RUN_FILE, "error.txt"):
+        path = directory / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def record_start(directory: Path, cfg_hash: str) -> None:
+    atomic_write_json(directory / RUN_FILE, {"config_hash": cfg_hash})
