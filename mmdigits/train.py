@@ -89,8 +89,20 @@ def _claim(cfg: DictConfig, output_dir: Path) -> str | None:
     return ckpt_path
 
 
+def _check_validation(cfg: DictConfig) -> None:
+    """Callbacks that watch a validation metric need a validation split."""
+    callbacks = [c for c in (cfg.get("callbacks") or {}).values() if c]
+    watching = sorted({str(c.monitor) for c in callbacks if str(c.get("monitor") or "").startswith("val/")})
+    if cfg.get("train", True) and cfg.data.get("val_fraction", 0.1) <= 0 and watching:
+        raise MMDigitsError(
+            f"data.val_fraction={cfg.data.val_fraction} leaves no validation split, but callbacks watch "
+            f"{', '.join(watching)}; keep a validation split, or pass callbacks=none"
+        )
+
+
 def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
     start = time.perf_counter()
+    _check_validation(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)

@@ -24,7 +24,7 @@ from mmdigits.data.download import sha256_file
 from mmdigits.data.media import MfccSettings
 from mmdigits.data.raw import RawCorpora
 from mmdigits.errors import DataError
-from mmdigits.utils.io import atomic_write_json
+from mmdigits.utils.io import atomic_write_json, raise_if_user_fixable
 
 FORMAT_VERSION = 2  # 2: utterances stored without pickle (spoken_<split>_{frames,lengths,index}.npy)
 MANIFEST = "manifest.json"
@@ -239,11 +239,17 @@ def build_dataset(
         cache_dir=Path(cache_dir) if cache_dir else None,
     )
     arrays = build_arrays(raw, s)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.build-"))
+    writing = out  # named in the error when the disk is full or the place read-only
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.build-"))
+    except OSError as err:
+        raise_if_user_fixable(out, err)
+        raise
     try:
         files: dict[str, dict[str, Any]] = {}
         for name, arr in arrays.items():
+            writing = out / name
             _save_npy(tmp / name, arr)
             files[name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
         manifest = {
@@ -261,6 +267,9 @@ def build_dataset(
             os.replace(tmp / name, out / name)
         atomic_write_json(out / MANIFEST, manifest)
         (out / BUILDING_MARKER).unlink()
+    except OSError as err:
+        raise_if_user_fixable(writing, err)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

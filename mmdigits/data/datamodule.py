@@ -149,8 +149,21 @@ class MMDigitsDataModule(L.LightningDataModule):
             parts.dropped,
             parts.shared,
         )
+        if self.val_fraction > 0 and not len(parts.val):
+            raise DataError(
+                f"{self.dir / 'spoken_train.npy'}: the train split has {len(train)} rows of a single "
+                f"{'speaker' if train.speaker is not None else 'utterance'}, too few to carve a validation "
+                "split that shares none with training; give more data (or data.val_fraction=0 together with "
+                "callbacks=none)"
+            )
         self.train_set = self._view("train", parts.train, stream=1)
         self.val_set = self._view("train", parts.val, stream=2)
+        target = self.train_set.target
+        if self.task.binary and target is not None and len(target) and (target.all() or not target.any()):
+            raise DataError(
+                f"{self.dir / 'match_train.npy'}: every one of the {len(target)} training rows is "
+                f"{'a match' if target.all() else 'not a match'}; the match task needs both kinds of pair"
+            )
         if train.match is not None:
             self.pos_rate = float(train.match[parts.train].mean()) if len(parts.train) else 0.5
         t = self._tensors["train"]

@@ -21,6 +21,11 @@ from mmdigits.errors import DataError, MMDigitsError
 
 SIZE, BOX = 28, 20
 INK_THRESHOLD = 0.1  # fraction of the image's contrast range that counts as ink when cropping
+# Files a user hands us are bounded before they are decoded: a small PNG can claim billions of pixels
+# (a decompression bomb) and a WAV header any length.
+MAX_IMAGE_PIXELS = 40_000_000  # a 40-megapixel photo of a digit is plenty
+MAX_RECORDING_SECONDS = 30.0  # a spoken digit lasts about a second
+MAX_FILE_BYTES = 200 * 2**20
 
 
 def _greyscale(img: Image.Image) -> np.ndarray:
@@ -73,15 +78,33 @@ def _paste_centred(small: np.ndarray) -> np.ndarray:
 
 def load_digit_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file and convert it with :func:`to_mnist`; MMDigitsError naming the file if unusable."""
-    path = Path(path)
-    if not path.is_file():
-        raise MMDigitsError(f"{path}: image file not found")
+    path = _user_file(path, "image")
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # reads the header only
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise MMDigitsError(
+                    f"{path}: {w}x{h} pixels; expected a picture of at most {MAX_IMAGE_PIXELS:,} pixels"
+                )
             img.load()
             return to_mnist(img, str(path))
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
         raise MMDigitsError(f"{path}: not a readable image ({err}); expected a PNG/JPEG of a digit") from err
+
+
+def _user_file(path: str | os.PathLike[str], kind: str) -> Path:
+    """``path`` when it is a regular file of a sane size; MMDigitsError naming it otherwise."""
+    path = Path(path)
+    a = "an" if kind[0] in "aeiou" else "a"
+    if path.is_dir():
+        raise MMDigitsError(f"{path}: is a directory; expected {a} {kind} file")
+    if not path.is_file():
+        raise MMDigitsError(f"{path}: {kind} file not found")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise MMDigitsError(
+            f"{path}: {path.stat().st_size:,} bytes; expected {a} {kind} file of at most 200 MiB"
+        )
+    return path
 
 
 def save_png(arr: np.ndarray, path: str | os.PathLike[str]) -> Path:
@@ -123,13 +146,25 @@ def read_wav(path: str | os.PathLike[str], sr: int) -> np.ndarray:
     """Read a mono WAV file as float32, resampled to ``sr``; DataError if it is not a readable WAV."""
     import soundfile as sf
 
-    path = Path(path)
+    path = _user_file(path, "WAV")
     with open(path, "rb") as fh:
         head = fh.read(12)
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         raise DataError(f"{path}: not a WAV file (header {head[:12]!r}); expected a RIFF/WAVE audio file")
     try:
-        y, file_sr = sf.read(path, dtype="float32", always_2d=True)
+        info = sf.info(path)
+        seconds = info.frames / info.samplerate
+        if seconds > MAX_RECORDING_SECONDS:
+            raise DataError(
+                f"{path}: a recording of {seconds:,.0f} s; expected a spoken digit of at most "
+                f"{MAX_RECORDING_SECONDS:.0f} s"
+            )
+        # never more samples than the limit allows, whatever the header claims
+        y, file_sr = sf.read(
+            path, frames=int(MAX_RECORDING_SECONDS * info.samplerate), dtype="float32", always_2d=True
+        )
+    except DataError:
+        raise
     except Exception as e:  # libsndfile errors have several types
         raise DataError(f"{path}: unreadable WAV file ({e}); expected PCM RIFF/WAVE audio") from e
     if y.shape[0] == 0:

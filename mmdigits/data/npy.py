@@ -38,10 +38,18 @@ def _scalar(dtype: Any, data: Any = None) -> Any:
     return np.frombuffer(data, dtype=dtype, count=1)[0]
 
 
+def _latin1_bytes(text: Any, encoding: str = "latin1") -> bytes:
+    # pickle protocol 2 (numpy arrays pickled by Python 3 with protocol 2) spells bytes as _codecs.encode
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("unexpected arguments to _codecs.encode")
+    return text.encode("latin1")
+
+
 # (module, name) -> the object to hand the unpickler; numpy 1.x files name numpy.core, numpy 2.x numpy._core
 ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy", "ndarray"): _NdarrayName,
     ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_bytes,
     **{(m, "_reconstruct"): _reconstruct for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
     **{(m, "scalar"): _scalar for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -11,6 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mmdigits.errors import MMDigitsError
+
+# a full disk or quota, a read-only or forbidden place: the user can fix these, so they get one line
+USER_FIXABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def raise_if_user_fixable(path: Path, err: OSError) -> None:
+    """Writing ``path`` failed: one line naming the file when the user can fix the cause (full disk, quota,
+    permissions); otherwise the caller re-raises ``err``."""
+    if err.errno in USER_FIXABLE:
+        raise MMDigitsError(f"{path}: could not be written ({err.strerror}); nothing was changed") from err
 
 
 def _current_umask() -> int:
@@ -38,8 +51,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     On any exception the temp file is removed and ``path`` is left untouched.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as err:
+        raise_if_user_fixable(final, err)
+        raise
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_UMASK)
@@ -50,9 +67,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
                 os.fsync(fh.fileno())
         os.replace(tmp, final)
         _fsync_dir(final.parent)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(err, OSError) and err.errno in USER_FIXABLE:
+            raise MMDigitsError(
+                f"{final}: could not be written ({err.strerror}); nothing was changed"
+            ) from err
         raise
 
 
