@@ -26,10 +26,10 @@ def pad_utterances(
     t = torch.arange(T)
     valid = t[None, :] < lengths[:, None]
     pos = torch.where(valid, offsets[:, None] + t[None, :], 0)
-    audio = (
-        frames[pos] * valid.unsqueeze(-1).to(frames.dtype) if len(frames) else frames.new_zeros(0, T, N_MFCC)
-    )
-    return audio, lengths
+    if not len(frames):
+        return frames.new_zeros(len(lengths), T, N_MFCC), lengths
+    audio = frames.index_select(0, pos.reshape(-1)).view(len(lengths), T, frames.shape[1])
+    return audio * valid.unsqueeze(-1).to(frames.dtype), lengths
 
 
 def make_batch(
