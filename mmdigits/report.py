@@ -1,7 +1,8 @@
 """Compare runs: ``python -m mmdigits.report logs/train/multiruns/<sweep> [more runs] [--metric test/acc]``.
 
-Writes ``report.md`` (one row per run, plus mean ± std over seeds), ``curves.png`` (val accuracy/loss per
-step) and ``confusion.png`` (best run, recomputed on the test split) into the first PATH.
+Writes ``report.md`` (mean ± std over seeds per group of runs, then one row per run), ``curves.png``
+(validation accuracy and loss per epoch: one line per group with a min-max band) and ``confusion.png``
+(best run, recomputed on the test split) into the first PATH.
 """
 
 from __future__ import annotations
@@ -15,8 +16,13 @@ from pathlib import Path
 from mmdigits.analysis.plots import plot_curves, write_confusion
 from mmdigits.analysis.runs import COLUMNS, markdown_table, runs_frame, seed_groups, sort_runs
 
-
 # ----------------------------------------------------------------------------- report
+GROUP_COLUMNS = {"test/acc": "test acc", "test/f1": "test F1", "test/auroc": "test AUROC",
+                 "val/acc_best": "best val acc", "params": "parameters", "train/pairs_per_s": "train pairs/s",
+                 "test/pairs_per_s": "inference pairs/s", "test/acc_image_missing": "acc, image missing",
+                 "test/acc_audio_missing": "acc, audio missing"}  # fmt: skip
+
+
 def write_report(
     paths: Sequence[str | Path], metric: str = "test/acc", out_dir: str | Path | None = None
 ) -> Path:
@@ -26,24 +32,37 @@ def write_report(
     if df.empty:
         raise FileNotFoundError(f"no runs (metrics.json) under {', '.join(map(str, paths))}")
     df = sort_runs(df, metric)
-    cols = [c for c in COLUMNS if c != "seed" or df["seed"].nunique() > 1]
-    if df.get("test/auroc") is None or df["test/auroc"].isna().all():
-        cols.remove("test/auroc")
-    if metric not in cols:
-        cols.append(metric)
-    groups = seed_groups(df)
+    cols = [
+        c
+        for c in ["group", *COLUMNS]
+        if c in df and df[c].notna().any() and (c != "seed" or df[c].nunique() > 1)
+    ]
+    cols += [metric] if metric not in cols else []
+    groups = seed_groups(df).rename(columns=GROUP_COLUMNS)
     plot_curves(df, out / "curves.png")
     how = write_confusion(df.iloc[0], out / "confusion.png")
+    cut = df[df["stopped_by"].isin(["max_time", "interrupted"])] if "stopped_by" in df else df.iloc[:0]
     text = [
-        f"# Run report ({len(df)} runs, sorted by `{metric}`)",
-        "",
-        markdown_table(df, cols),
+        f"# Run report: {len(df)} runs, {df['group'].nunique()} groups",
         "",
         "## Mean ± std over seeds",
         "",
+        "Groups are the runs that differ only by their seed, named by the choices that set them apart;",
+        "sorted by mean test accuracy. Throughput is pairs per second of the training and test steps on the",
+        "machine that ran them; the last two columns score the test pairs with one modality zeroed.",
+        "",
         markdown_table(groups) if len(groups) else "No runs differ only by their seed.",
         "",
-        "![validation curves](curves.png)",
+        "![validation curves: mean over seeds, min-max band](curves.png)",
+        "",
+        *(
+            ["**Cut short** (not the recipe's result): " + ", ".join(f"`{r}`" for r in cut["run"]), ""]
+            if len(cut)
+            else []
+        ),  # fmt: skip
+        f"## Every run (sorted by `{metric}`)",
+        "",
+        markdown_table(df, cols),
         "",
         f"## Best run: {df.iloc[0]['run']}",
         "",

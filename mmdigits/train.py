@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from mmdigits.analysis.robustness import missing_modality_accuracy
 from mmdigits.errors import MMDigitsError
 from mmdigits.models.loading import check_resume_checkpoint
 from mmdigits.utils.cli import clean_errors
@@ -145,6 +146,8 @@ def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
             log.warning("no best checkpoint; testing the weights in memory")
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         metrics.update(metrics_to_floats(trainer.callback_metrics))
+        if cfg.get("test_missing_modalities", True) and trainer.is_global_zero:  # the tested weights
+            metrics.update(missing_modality_accuracy(model, datamodule.whole_test_dataloader()))
     elif cfg.get("test", True):
         log.warning("data.dir has no test labels (%s): skipping the test stage", model.task.test_label_file)
 

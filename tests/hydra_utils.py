@@ -9,6 +9,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import mmdigits  # noqa: F401  (registers the config resolvers)
+
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 

@@ -38,6 +38,7 @@ def test_seed_groups_mean_std_ignore_seed_only():
     df = pd.DataFrame(
         {
             "config": [cfg(0, "late"), cfg(1, "late"), cfg(0, "concat")],
+            "choices": [{"fusion": "late", "trainer": "cpu"}] * 2 + [{"fusion": "concat", "trainer": "cpu"}],
             "model": ["m"] * 3,
             "fusion": ["late", "late", "concat"],
             "seed": [0, 1, 0],
@@ -47,8 +48,44 @@ def test_seed_groups_mean_std_ignore_seed_only():
     groups = seed_groups(df)
     assert len(groups) == 1  # the concat run has no seed partner
     row = groups.iloc[0]
-    assert row["group"] == "model.fusion=late" and row["n"] == 2 and row["seeds"] == "0,1"
+    assert row["group"] == "fusion=late" and row["n"] == 2 and row["seeds"] == "0,1"
     assert row["test/acc"] == f"0.7000 ± {np.std([0.8, 0.6], ddof=1):.4f}"
+
+
+def test_groups_are_named_by_the_choices_that_tell_them_apart():
+    """As the user typed them, in a fixed order, without choices that split nothing further."""
+    runs = [
+        {
+            "experiment": "fusion_study",
+            "audio_encoder": a,
+            "fusion": f,
+            "tuned": f,
+            "model.optimizer.lr": "0.003",
+        }
+        for f in ("concat", "late")
+        for a in ("crnn", "lstm")
+        for _ in range(2)
+    ]
+    df = pd.DataFrame(
+        {
+            "config": [
+                {"f": r["fusion"], "a": r["audio_encoder"], "seed": i % 2} for i, r in enumerate(runs)
+            ],
+            "choices": runs,
+            "model": ["m"] * 8,
+            "fusion": [r["fusion"] for r in runs],
+            "seed": [i % 2 for i in range(8)],
+            "test/acc": np.linspace(0.9, 0.99, 8),
+        }
+    )
+    groups = seed_groups(df)
+    assert list(groups["group"]) == [
+        "fusion=late audio_encoder=lstm",
+        "fusion=late audio_encoder=crnn",
+        "fusion=concat audio_encoder=lstm",
+        "fusion=concat audio_encoder=crnn",
+    ]  # best first; the redundant "tuned" and the constant choices are left out
+    assert (groups["n"] == 2).all()
 
 
 def test_report_tables_curves_and_confusion(runs, tmp_path):
@@ -65,8 +102,12 @@ def test_report_tables_curves_and_confusion(runs, tmp_path):
     )  # fmt: skip
     assert row["params"] > 1000 and row["epochs"] == 1
     assert "| sweep/0_cnn1d_cnn |" in report or "| sweep/1_cnn1d_cnn |" in report
-    assert "test/auroc" in report.splitlines()[2]
-    assert "## Mean ± std over seeds" in report and " ± " in report.split("over seeds")[1]
+    summary = report.split("## Mean ± std over seeds")[1].split("## Every run")[0]
+    header = next(line for line in summary.splitlines() if line.startswith("| group"))
+    for column in ("test acc", "test AUROC", "parameters", "train pairs/s", "inference pairs/s",
+                   "acc, image missing", "acc, audio missing"):  # fmt: skip
+        assert column in header, column
+    assert " ± " in summary and "test/auroc" in report.split("## Every run")[1]
     assert "recomputed from" in report
     for name in ("curves.png", "confusion.png"):
         assert (out / name).stat().st_size > 1000

@@ -15,27 +15,102 @@ from mmdigits.analysis.runs import read_scalars
 log = logging.getLogger("mmdigits.report")
 
 
+CURVES = (("val/acc", "validation accuracy"), ("val/loss", "validation loss"))
+
+
+def _split_label(label: str, facet_key: str | None) -> tuple[str, str]:
+    """(facet, line) of a group label ``k1=v1 k2=v2 ...``: the facet is ``facet_key``'s part."""
+    if facet_key is None:
+        return "", label
+    parts = label.split(" ")
+    facet = next((p for p in parts if p.startswith(f"{facet_key}=")), "")
+    return facet, " ".join(p for p in parts if p != facet) or facet
+
+
+def _facet_key(labels: list[str]) -> str | None:
+    """With two or more naming keys, one panel per value of the key with the fewest values (>= 2)."""
+    keyed = [dict(p.split("=", 1) for p in label.split(" ") if "=" in p) for label in labels]
+    keys = [k for k in (keyed[0] if keyed else {}) if all(k in d for d in keyed)]
+    counts = {k: len({d[k] for d in keyed}) for k in keys}
+    options = [k for k in keys if counts[k] >= 2]
+    return min(options, key=lambda k: counts[k]) if len(keys) >= 2 and options else None
+
+
+def group_curves(df: pd.DataFrame, tag: str) -> dict[str, np.ndarray]:
+    """Group label -> (runs, epochs) values of ``tag`` (one value per validation, cut to the shortest run)."""
+    out = {}
+    for label, sub in df.groupby("group", sort=False):
+        series = [c[tag][1] for c in (read_scalars(d, [tag]) for d in sub["dir"]) if tag in c]
+        if series:
+            n = min(len(s) for s in series)
+            out[label] = np.stack([s[:n] for s in series])
+    return out
+
+
 def plot_curves(df: pd.DataFrame, path: Path) -> Path:
+    """One line per group (mean over its seeds) with a min-max band, per validation metric; with groups named
+    by two or more choices, one column of panels per value of one of them. A shared legend on top."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    colours = plt.get_cmap("tab10" if len(df) <= 10 else "tab20")
-    for i, (_, r) in enumerate(df.iterrows()):
-        curves = read_scalars(r["dir"], ["val/acc", "val/loss"])
-        for ax, tag in zip(axes, ["val/acc", "val/loss"]):
-            if tag in curves:
-                ax.plot(*curves[tag], marker=".", color=colours(i % colours.N), label=r["run"])
-    for ax, tag in zip(axes, ["validation accuracy", "validation loss"]):
-        ax.set(xlabel="step", title=tag)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    curves = {tag: group_curves(df, tag) for tag, _ in CURVES}
+    labels = list(dict.fromkeys(df["group"]))
+    facet_key = _facet_key(labels)
+    facets = list(dict.fromkeys(_split_label(g, facet_key)[0] for g in labels))
+    lines = list(dict.fromkeys(_split_label(g, facet_key)[1] for g in labels))
+    colours = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
+    fig, axes = plt.subplots(
+        len(CURVES),
+        len(facets),
+        figsize=(3.6 * len(facets) + 1.8, 5.8),
+        squeeze=False,
+        sharex=True,
+        sharey="row",
+    )
+    for row, (tag, title) in enumerate(CURVES):
+        for label, values in curves[tag].items():
+            facet, line = _split_label(label, facet_key)
+            ax = axes[row][facets.index(facet)]
+            x = np.arange(1, values.shape[1] + 1)
+            colour = colours(lines.index(line) % colours.N)
+            ax.plot(x, values.mean(0), color=colour, lw=1.6, label=line)
+            ax.fill_between(x, values.min(0), values.max(0), color=colour, alpha=0.18, lw=0)
+        for col, facet in enumerate(facets):
+            ax = axes[row][col]
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{title}{', ' + facet if facet else ''}", fontsize=9)
+            if row == len(CURVES) - 1:
+                ax.set_xlabel("epoch")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _zoom(axes[row][0], curves[tag], tag)
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()}
+    fig.legend(
+        [handles[line] for line in lines if line in handles], [line for line in lines if line in handles],
+        loc="upper center", ncol=min(len(lines), 5), fontsize=8, frameon=False,
+        title=f"mean over seeds (line), min-max (band){'; panels: ' + facet_key if facet_key else ''}",
+        title_fontsize=8,
+    )  # fmt: skip
+    rows_of_legend = -(-len(lines) // 5)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.05 + 0.035 * rows_of_legend)))
+    fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _zoom(ax: Any, curves: dict[str, np.ndarray], tag: str) -> None:
+    """Accuracy near 1 and losses near 0 hide their differences: show the range after the first epoch."""
+    later = [v[:, 1:] for v in curves.values() if v.shape[1] > 1]
+    if not later:
+        return
+    low, high = min(float(v.min()) for v in later), max(float(v.max()) for v in later)
+    pad = 0.05 * (high - low or 1e-3)
+    if tag.endswith("acc"):
+        ax.set_ylim(low - pad, min(1.0 + pad, high + pad))
+    else:
+        ax.set_ylim(max(0.0, low - pad), high + pad)
 
 
 # ----------------------------------------------------------------------------- confusion
@@ -63,7 +138,7 @@ def confusion_matrix(run_dir: str | Path, ckpt: str | Path) -> np.ndarray:
     dm = run_datamodule(run_dir, model.task.name)
     preds, targets = [], []
     with torch.no_grad():
-        for batch in dm.test_dataloader():
+        for batch in dm.whole_test_dataloader():
             preds.append(model.task.labels(model(batch)))
             targets.append(batch["target"].long())
     labels = list(range(len(model.task.class_names)))

@@ -129,6 +129,22 @@ def robustness_report(model: MultimodalModule, datamodule: Any, out_dir: str | P
     """Score ``model`` on the test split under each degradation; writes robustness.{csv,md,png}."""
     datamodule.setup("test")
     model = model.cpu()
-    rows = robustness_table(model, datamodule.test_dataloader())
+    rows = robustness_table(model, datamodule.whole_test_dataloader())
     write_outputs(rows, Path(out_dir))
     return {f"{r['degradation']}@{r['level']:g}": r["acc"] for r in rows}
+
+
+@torch.no_grad()
+def missing_modality_accuracy(model: MultimodalModule, loader: Any) -> dict[str, float]:
+    """Test accuracy with the image (``test/acc_image_missing``) or the audio (``test/acc_audio_missing``)
+    features of every pair set to zero, for two-modality models (what ``model.modality_dropout`` trains)."""
+    if len(model.modalities) < 2:
+        return {}
+    model = model.cpu().eval()
+    hits: dict[str, list[Tensor]] = {m: [] for m in model.modalities}
+    for batch in loader:
+        batch = {k: v.cpu() for k, v in batch.items()}
+        none = torch.zeros(len(batch["target"]), dtype=torch.bool)
+        for m in model.modalities:
+            hits[m].append(_correct(model, batch, {m: none}))
+    return {f"test/acc_{m}_missing": torch.cat(h).float().mean().item() for m, h in hits.items()}

@@ -1,10 +1,16 @@
-"""Read finished runs (Hydra run directories holding ``metrics.json``) into one table, and group seeds."""
+"""Read finished runs (Hydra run directories holding ``metrics.json``) into one table, and group seeds.
+
+A group is the runs whose configs differ only by their seed. It is named by the choices that set it apart
+from the other groups, as the user typed them (``fusion=concat audio_encoder=crnn``): Hydra's config-group
+choices and the command-line overrides, keeping only those that tell groups apart.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,8 +22,13 @@ from omegaconf import OmegaConf
 log = logging.getLogger("mmdigits.report")
 
 COLUMNS = ["run", "model", "audio_encoder", "image_encoder", "fusion", "task", "seed", "params", "epochs",
-           "wall_time_s", "val/acc_best", "test/acc", "test/f1", "test/auroc"]  # fmt: skip
-SUMMARY_METRICS = ["val/acc_best", "test/acc", "test/f1", "test/auroc"]
+           "stopped_by", "wall_time_s", "val/acc_best", "test/acc", "test/f1", "test/auroc"]  # fmt: skip
+# per group: mean ± std over seeds
+SUMMARY_METRICS = ["test/acc", "test/f1", "test/auroc", "val/acc_best", "params", "train/pairs_per_s",
+                   "test/pairs_per_s", "test/acc_image_missing", "test/acc_audio_missing"]  # fmt: skip
+# the order in which choices name a group; any other differing choice or override follows
+NAMING = ("fusion", "audio_encoder", "image_encoder", "task", "model", "experiment", "module", "data")
+NOT_NAMES = ("seed", "hydra", "paths", "data.dir", "data.raw_dir", "ckpt_path", "overwrite")
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -67,6 +78,15 @@ def count_params(ckpt: Path | None) -> int | None:
         return None
 
 
+def descriptors(choices: dict[str, Any], overrides: Sequence[str]) -> dict[str, str]:
+    """What the user chose: config-group choices and ``key=value`` overrides (seeds and paths left out)."""
+    out = {k: str(v) for k, v in choices.items() if v is not None and not k.startswith("hydra")}
+    for item in overrides:
+        key, _, value = str(item).lstrip("+~").partition("=")
+        out.setdefault(key, value)
+    return {k: v for k, v in out.items() if not k.startswith(NOT_NAMES)}
+
+
 def _name(cfg: dict[str, Any], choices: dict[str, Any], group: str) -> str | None:
     if choices.get(group):
         return str(choices[group])
@@ -96,22 +116,26 @@ def load_run(run_dir: Path, root: Path | None = None) -> dict[str, Any]:
         "seed": cfg.get("seed"),
         "params": count_params(ckpt),
         "epochs": metrics.get("epochs"),
+        "stopped_by": metrics.get("stopped_by"),
         "wall_time_s": metrics.get("wall_time_s"),
     }
     row.update({k: v for k, v in metrics.items() if "/" in k})
     row.update({"dir": str(run_dir), "ckpt": str(ckpt) if ckpt else None, "overrides": " ".join(overrides)})
-    row["config"] = cfg
+    row["config"], row["choices"] = cfg, descriptors(choices, overrides)
     return row
 
 
 def runs_frame(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """All runs under ``paths`` as a DataFrame (columns :data:`COLUMNS` + every metric + dir/ckpt/config)."""
+    """All runs under ``paths`` as a DataFrame (columns :data:`COLUMNS` + every metric + dir/ckpt/config),
+    with ``group`` naming the runs that differ only by seed."""
     root = Path(paths[0]).resolve() if paths else None
     rows = [load_run(r, root) for r in find_runs(paths)]
     df = pd.DataFrame(rows)
     for c in COLUMNS:
         if c not in df:
             df[c] = None
+    if len(df):
+        df["group"] = group_labels(df)
     return df
 
 
@@ -122,29 +146,66 @@ def sort_runs(df: pd.DataFrame, metric: str = "test/acc") -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- seeds
-def _signature(cfg: dict[str, Any]) -> dict[str, Any]:
+def _signature(cfg: dict[str, Any]) -> str:
     """Config without seeds and paths (what makes runs 'the same experiment')."""
-    return {k: v for k, v in cfg.items() if k.split(".")[-1] != "seed" and not k.startswith("paths.")}
+    kept = {k: v for k, v in cfg.items() if k.split(".")[-1] != "seed" and not k.startswith("paths.")}
+    return json.dumps(kept, sort_keys=True, default=str)
 
 
-def seed_groups(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std (sample std) of :data:`SUMMARY_METRICS` over runs that differ only by seed (n >= 2)."""
-    sigs = [_signature(c) if c else {"model": m, "fusion": f} for c, m, f in
-            zip(df["config"], df["model"], df["fusion"])]  # fmt: skip
-    keys = sorted({k for s in sigs for k in s})
-    varying = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True, default=str) for s in sigs}) > 1]
-    labels = [", ".join(f"{k}={s.get(k)}" for k in varying) or "all runs" for s in sigs]
+def group_labels(df: pd.DataFrame) -> list[str]:
+    """A label per run: equal for runs that differ only by seed, made of the choices that tell groups apart
+    (in :data:`NAMING` order; a choice that splits no group further is left out)."""
+    sigs = [_signature(c) if c else f"{m}|{f}" for c, m, f in zip(df["config"], df["model"], df["fusion"])]
+    descs = list(df["choices"]) if "choices" in df else [{} for _ in sigs]
+    keys = sorted({k for d in descs for k in d}, key=lambda k: (NAMING.index(k) if k in NAMING else 99, k))
+    chosen: list[str] = []
+    classes = 1
+    for k in keys:
+        n = len({tuple(d.get(c) for c in [*chosen, k]) for d in descs})
+        if n > classes:
+            chosen, classes = [*chosen, k], n
+    labels = [" ".join(f"{k}={d.get(k)}" for k in chosen) or "all runs" for d in descs]
+    seen: dict[str, set[str]] = {}
+    for label, sig in zip(labels, sigs):
+        seen.setdefault(label, set()).add(sig)
+    order = {label: sorted(s) for label, s in seen.items()}  # same label, other config: number them
+    return [label if len(order[label]) == 1 else f"{label} #{order[label].index(sig) + 1}"
+            for label, sig in zip(labels, sigs)]  # fmt: skip
+
+
+def _mean_std(values: pd.Series, col: str) -> str | None:
+    vals = pd.to_numeric(values, errors="coerce").dropna()
+    if not len(vals):
+        return None
+    if col == "params":
+        return f"{int(vals.mean()):,}"
+    digits = 0 if col.endswith("pairs_per_s") else 4
+    std = f" ± {vals.std(ddof=1):.{digits}f}" if len(vals) >= 2 else ""
+    return f"{vals.mean():,.{digits}f}{std}"
+
+
+def seed_groups(df: pd.DataFrame, min_runs: int = 2) -> pd.DataFrame:
+    """Per group (runs that differ only by seed, at least ``min_runs``): mean ± std (sample std) over seeds of
+    :data:`SUMMARY_METRICS`, sorted by mean test accuracy (else best validation accuracy)."""
+    if "group" not in df:
+        df = df.assign(group=group_labels(df)) if len(df) else df.assign(group=[])
     rows = []
-    for label in dict.fromkeys(labels):
-        sub = df[[lab == label for lab in labels]]
-        if len(sub) < 2:
+    for label, sub in df.groupby("group", sort=False):
+        if len(sub) < min_runs:
             continue
-        row: dict[str, Any] = {"group": label, "n": len(sub), "seeds": ",".join(map(str, sub["seed"]))}
-        for m in SUMMARY_METRICS:
-            vals = pd.to_numeric(sub.get(m), errors="coerce").dropna() if m in sub else pd.Series([])
-            row[m] = f"{vals.mean():.4f} ± {vals.std(ddof=1):.4f}" if len(vals) >= 2 else None
+        seeds = ",".join(map(str, sorted(sub["seed"], key=lambda x: (x is None, x))))
+        row: dict[str, Any] = {"group": label, "n": len(sub), "seeds": seeds}
+        row.update({m: _mean_std(sub[m], m) if m in sub else None for m in SUMMARY_METRICS})
+        key = "test/acc" if "test/acc" in sub and sub["test/acc"].notna().any() else "val/acc_best"
+        row["_sort"] = pd.to_numeric(sub[key], errors="coerce").mean()
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    out = out.sort_values("_sort", ascending=False, na_position="last").drop(columns="_sort")
+    return out[[c for c in out if c in ("group", "n", "seeds") or out[c].notna().any()]].reset_index(
+        drop=True
+    )
 
 
 # ----------------------------------------------------------------------------- markdown
@@ -152,7 +213,9 @@ def _fmt(v: Any, col: str = "") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, (float, np.floating)):
-        return f"{v:.1f}" if col.endswith("_s") else f"{v:.4f}" if abs(v) < 1000 else f"{v:.0f}"
+        if col.endswith("pairs_per_s"):
+            return f"{v:,.0f}"
+        return f"{v:.1f}" if col.endswith("_s") else f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}"
     if isinstance(v, (int, np.integer)) and abs(int(v)) >= 10000:
         return f"{int(v):,}"
     return str(v).replace("|", "\\|")
@@ -161,7 +224,12 @@ def _fmt(v: Any, col: str = "") -> str:
 def markdown_table(df: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
     """A GitHub-markdown table of ``df`` (numbers right-aligned)."""
     cols = list(columns or df.columns)
-    num = [pd.api.types.is_numeric_dtype(df[c]) for c in cols]
+    numeric = re.compile(r"^[\d,.± –-]+$")
+    num = (
+        [pd.api.types.is_numeric_dtype(df[c]) or bool(numeric.match(str(df[c].iloc[0]))) for c in cols]
+        if len(df)
+        else []
+    )
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" if n else "---" for n in num) + "|"]
     for _, r in df[cols].iterrows():
         lines.append("| " + " | ".join(_fmt(r[c], c) for c in cols) + " |")

@@ -238,11 +238,17 @@ class MMDigitsDataModule(L.LightningDataModule):
         self._train_sampler.set_epoch(epoch)
         return self._loader(self.train_set, self._train_sampler)  # type: ignore[arg-type]
 
-    def _eval_loader(self, ds: BatchDataset | None) -> DataLoader:
+    def _eval_loader(self, ds: BatchDataset | None, whole: bool = False) -> DataLoader:
         assert ds is not None
         lengths = ds.lengths if self.bucketing else None
-        sampler = EvalBatchSampler(len(ds), self.eval_batch_size, *self._world(), lengths=lengths)
+        world = (1, 0) if whole else self._world()
+        sampler = EvalBatchSampler(len(ds), self.eval_batch_size, *world, lengths=lengths)
         return self._loader(ds, sampler)
+
+    def whole_test_dataloader(self) -> DataLoader:
+        """The whole test split in this process (not this rank's shard): for analyses run on rank 0."""
+        self.setup("test")
+        return self._eval_loader(self.test_set, whole=True)
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup("fit")
