@@ -14,48 +14,26 @@ import argparse
 import logging
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
+from mmdigits.bench.common import compose, quiet_trainer
+
 log = logging.getLogger("mmdigits.bench")
-
-
-def _compose(overrides: list[str]) -> Any:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    conf = str(Path(__file__).resolve().parents[2] / "conf")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=conf):
-        return compose(config_name="train", overrides=overrides)
 
 
 def _build(overrides: list[str], data_dir: str) -> tuple[Any, Any]:
     from hydra.utils import instantiate
 
-    cfg = _compose([f"data.dir={data_dir}", *overrides])
+    cfg = compose([f"data.dir={data_dir}", *overrides])
     dm = instantiate(cfg.data, _convert_="all")
     dm.prepare_data()
     dm.setup("fit")
     model = instantiate(cfg.model)
     model.set_normalization(dm.stats)
     return model, dm
-
-
-def _quiet_trainer(**kw: Any) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        **kw,
-    )
 
 
 def plain_epoch(model: Any, loader: Any, limit: int | None) -> float:
@@ -76,7 +54,7 @@ def plain_epoch(model: Any, loader: Any, limit: int | None) -> float:
 def lightning_epoch(model: Any, dm: Any, limit: int | None) -> float:
     model.hparams.scheduler = None
     model.hparams.optimizer = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
-    trainer = _quiet_trainer(max_epochs=1, limit_train_batches=limit or 1.0, limit_val_batches=0)
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=limit or 1.0, limit_val_batches=0)
     start = time.perf_counter()
     trainer.fit(model, train_dataloaders=dm.train_dataloader())
     return time.perf_counter() - start
@@ -144,7 +122,7 @@ def bench_padding(data_dir: str, epochs: int, seeds: int, extra: list[str] | Non
                 ["model=audio_only", "audio_encoder=crnn", f"seed={seed}", *overrides, *(extra or [])],
                 data_dir,
             )
-            trainer = _quiet_trainer(max_epochs=epochs, num_sanity_val_steps=0)
+            trainer = quiet_trainer(max_epochs=epochs, num_sanity_val_steps=0)
             start = time.perf_counter()
             trainer.fit(model, datamodule=dm)
             times[name].append((time.perf_counter() - start) / epochs)

@@ -1,0 +1,116 @@
+"""Our audio-only model next to the reference a user would pick instead, on the same split, in one command:
+
+    python -m mmdigits.bench.peers [--data-dir Dataset] [--seeds 0 1 2] [--experiment audio_only]
+
+The peer is aeon's MiniRocket (``MiniRocketClassifier(random_state=0)``; ``pip install -e ".[peers]"``),
+fit on every utterance of the training speakers (our train and validation parts), zero-padded to 93 frames,
+and scored on the test speakers' utterances, the same rows our ``experiment=audio_only`` run is scored on.
+Ours trains as that experiment does (its own seeds). Printed side by side: test accuracy, fit time (ours: the
+whole run), utterances/s at test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmdigits.bench.common import compose, quiet_logging
+
+PAD = 93  # the longest Arabic utterance: MiniRocket needs equal lengths
+
+
+def _padded(ds: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 13, 93) raw MFCC zero-padded past each utterance, and the digits, of a BatchDataset."""
+    audio, _ = ds.t.audio(ds.aud, PAD)
+    return audio.transpose(1, 2).numpy().astype(np.float64), ds.target.numpy()
+
+
+def minirocket(dm: Any) -> dict[str, Any]:
+    """aeon's MiniRocket on the datamodule's audio-digit split; ``{"missing": hint}`` without aeon."""
+    try:
+        from aeon.classification.convolution_based import MiniRocketClassifier
+    except ImportError:
+        return {"missing": 'aeon is not installed: pip install -e ".[peers]"'}
+    x_train, y_train = (np.concatenate(a) for a in zip(_padded(dm.train_set), _padded(dm.val_set)))
+    x_test, y_test = _padded(dm.test_set)
+    start = time.perf_counter()
+    clf = MiniRocketClassifier(random_state=0).fit(x_train, y_train)
+    fit_s = time.perf_counter() - start
+    start = time.perf_counter()
+    pred = clf.predict(x_test)
+    rate = len(x_test) / (time.perf_counter() - start)
+    return {"acc": float((pred == y_test).mean()), "errors": int((pred != y_test).sum()), "n": len(y_test),
+            "fit_s": fit_s, "per_s": rate}  # fmt: skip
+
+
+def ours(data_dir: str, experiment: str, seed: int, out: Path) -> dict[str, Any]:
+    from mmdigits.train import train
+
+    cfg = compose([f"experiment={experiment}", f"data.dir={data_dir}", f"seed={seed}", "logger=csv",
+                   "~callbacks.rich_progress_bar", "trainer.enable_progress_bar=false",
+                   "trainer.enable_model_summary=false"], out / f"{experiment}_seed{seed}")  # fmt: skip
+    start = time.perf_counter()
+    m = train(cfg)
+    return {"acc": m["test/acc"], "wall_s": time.perf_counter() - start, "per_s": m.get("test/pairs_per_s")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", default="Dataset")
+    parser.add_argument("--experiment", default="audio_only")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default="logs/bench/peers", help="where our runs go")
+    args = parser.parse_args(argv)
+    quiet_logging()
+    warnings.filterwarnings("ignore")
+    from hydra.utils import instantiate
+
+    cfg = compose([f"experiment={args.experiment}", f"data.dir={args.data_dir}"])
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    n_train, n_test = len(dm.train_set) + len(dm.val_set), len(dm.test_set)
+
+    rows = []
+    peer = minirocket(dm)
+    if "missing" in peer:
+        print(f"MiniRocket skipped: {peer['missing']}", file=sys.stderr)
+        rows.append(("aeon MiniRocket", "not installed", "", "", peer["missing"]))
+    else:
+        acc = f"{peer['acc']:.4f} ({peer['errors']}/{peer['n']} wrong)"
+        note = f"fit on the {n_train} utterances of the training speakers"
+        rows.append(
+            ("aeon MiniRocket (random_state=0)", acc, f"{peer['fit_s']:.1f}", f"{peer['per_s']:,.0f}", note)
+        )
+    accs = []
+    for seed in args.seeds:
+        r = ours(args.data_dir, args.experiment, seed, Path(args.out))
+        accs.append(r["acc"])
+        rate = f"{r['per_s']:,.0f}" if r["per_s"] else ""
+        name = f"ours, experiment={args.experiment}, seed={seed}"
+        rows.append((name, f"{r['acc']:.4f}", f"{r['wall_s']:.1f}", rate, "whole run: train, validate, test"))
+    if len(accs) > 1:
+        mean = f"{np.mean(accs):.4f} ± {np.std(accs, ddof=1):.4f}"
+        rows.append((f"ours, mean of {len(accs)} seeds", mean, "", "", ""))
+    print(f"\nSpoken Arabic Digits, {n_test} test utterances of unseen speakers; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
+    print("| model | test acc | fit / run s | utterances/s | notes |\n|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(main())
