@@ -43,3 +43,35 @@ def test_bench_table(tiny_dataset_dir: Path, capsys: pytest.CaptureFixture[str])
     assert sum(k.startswith("test acc (unseen speakers)") for k in table) == 2
     lightning = table[next(k for k in table if k.startswith("epoch s, Lightning vs plain loop"))]
     assert float(re.match(r"ratio ([\d.]+)", lightning[2]).group(1)) > 0
+
+
+def test_peers_bench_says_how_to_install_a_missing_peer(tiny_dataset_dir, monkeypatch):
+    import builtins
+
+    from mmdigits.bench import peers
+
+    real_import = builtins.__import__
+
+    def no_aeon(name, *args, **kwargs):
+        if name.startswith("aeon"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_aeon)
+    assert peers.minirocket(None) == {"missing": 'aeon is not installed: pip install -e ".[peers]"'}
+
+
+def test_peers_bench_side_by_side(tiny_dataset_dir, tmp_path, capsys):
+    """MiniRocket and our audio-only runs on the same tiny split, one table (CI installs the peers extra)."""
+    pytest.importorskip("aeon")
+    from mmdigits.bench.peers import main
+
+    args = ["--data-dir", str(tiny_dataset_dir), "--seeds", "0", "1", "--out", str(tmp_path)]
+    assert main([*args, "--experiment", "audio_only"]) == 0
+    out = capsys.readouterr().out
+    rows = [r for r in out.splitlines() if r.startswith("| ") and "---" not in r]
+    peer = next(r for r in rows if "MiniRocket" in r).split(" | ")
+    assert 0 <= float(peer[1].split()[0]) <= 1 and float(peer[2]) > 0 and "wrong" in peer[1]
+    ours = [r for r in rows if r.startswith("| ours, experiment=audio_only")]
+    assert len(ours) == 2 and "mean of 2 seeds" in out
+    assert len(list(tmp_path.glob("audio_only_seed*/metrics.json"))) == 2
