@@ -11,18 +11,17 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mmdigits.analysis.robustness import missing_modality_accuracy
-from mmdigits.errors import MMDigitsError
 from mmdigits.models.loading import check_resume_checkpoint
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.run import (
     budget,
+    check_validation,
     drop_nonzero_rank_log_files,
     hparams_for_logging,
     instantiate_callbacks,
@@ -32,8 +31,7 @@ from mmdigits.utils.run import (
     stopped_by,
     write_json,
 )
-from mmdigits.utils.rundir import RunDirLock, clear_run, config_hash, record_start, run_outputs, run_state
-from mmdigits.utils.sweep import hydra_mode
+from mmdigits.utils.rundir import RunDirLock, claim_run_dir, config_hash
 
 log = logging.getLogger("mmdigits.train")
 
@@ -51,7 +49,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if rank_zero_only.rank != 0:
         return _train(cfg, cfg.get("ckpt_path"))
     with RunDirLock(output_dir):
-        ckpt_path = _claim(cfg, output_dir)
+        ckpt_path = claim_run_dir(cfg, output_dir)
         if ckpt_path == "done":
             metrics = json.loads((output_dir / "metrics.json").read_text())
             log.info("skipped: %s finished with this config already (metrics.json)", output_dir)
@@ -59,51 +57,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return _train(cfg, ckpt_path)
 
 
-def _claim(cfg: DictConfig, output_dir: Path) -> str | None:
-    """What to do with what the run directory already holds: the checkpoint to resume from, or ``done``.
-
-    A sweep job rerun in its sweep directory is skipped when it finished with the same config and resumes
-    from its last.ckpt when it was cut short. Anywhere else, another run's outputs are refused unless
-    ``ckpt_path=last`` (resume) or ``overwrite=true`` (start over) says what to do."""
-    h = config_hash(cfg)
-    ckpt_path = cfg.get("ckpt_path")
-    if hydra_mode() == RunMode.MULTIRUN and not ckpt_path:
-        state = run_state(output_dir, h)
-        if state in ("done", "partial"):
-            log.info(
-                "sweep job %s: %s, %s", output_dir.name, state, "skipping" if state == "done" else "resuming"
-            )
-            return "done" if state == "done" else "last"
-        if state == "other":
-            log.warning("%s: holds a run of another config; starting over", output_dir)
-            clear_run(output_dir)
-    elif not ckpt_path and run_outputs(output_dir):
-        if not cfg.get("overwrite", False):
-            raise MMDigitsError(
-                f"{output_dir}: holds a run already ({', '.join(run_outputs(output_dir))}); resume it with "
-                "ckpt_path=last, start a new run (leave hydra.run.dir out), or pass overwrite=true to start "
-                "over here"
-            )
-        log.warning("overwrite=true: removing the earlier run's outputs in %s", output_dir)
-        clear_run(output_dir)
-    record_start(output_dir, h)
-    return ckpt_path
-
-
-def _check_validation(cfg: DictConfig) -> None:
-    """Callbacks that watch a validation metric need a validation split."""
-    callbacks = [c for c in (cfg.get("callbacks") or {}).values() if c]
-    watching = sorted({str(c.monitor) for c in callbacks if str(c.get("monitor") or "").startswith("val/")})
-    if cfg.get("train", True) and cfg.data.get("val_fraction", 0.1) <= 0 and watching:
-        raise MMDigitsError(
-            f"data.val_fraction={cfg.data.val_fraction} leaves no validation split, but callbacks watch "
-            f"{', '.join(watching)}; keep a validation split, or pass callbacks=none"
-        )
-
-
 def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
     start = time.perf_counter()
-    _check_validation(cfg)
+    check_validation(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)

@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from mmdigits.errors import CheckpointError
+from mmdigits.errors import CheckpointError, MMDigitsError
 from mmdigits.utils.io import atomic_write_json
 
 
@@ -127,3 +127,14 @@ def stopped_by(trainer: Any) -> str:
         if isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0:
             return "early_stopping"
     return "max_epochs"
+
+
+def check_validation(cfg: DictConfig) -> None:
+    """Callbacks that watch a validation metric need a validation split."""
+    callbacks = [c for c in (cfg.get("callbacks") or {}).values() if c]
+    watching = sorted({str(c.monitor) for c in callbacks if str(c.get("monitor") or "").startswith("val/")})
+    if cfg.get("train", True) and cfg.data.get("val_fraction", 0.1) <= 0 and watching:
+        raise MMDigitsError(
+            f"data.val_fraction={cfg.data.val_fraction} leaves no validation split, but callbacks watch "
+            f"{', '.join(watching)}; keep a validation split, or pass callbacks=none"
+        )

@@ -13,17 +13,22 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mmdigits.errors import MMDigitsError
 from mmdigits.utils.io import atomic_write_json
+from mmdigits.utils.sweep import hydra_mode
 
 LOCK_FILE = ".lock"
+log = logging.getLogger("mmdigits.train")
+
 RUN_FILE = "run.json"
 # what a run that got going leaves (Hydra's own .hydra/ and the log are rewritten by every start)
 RUN_OUTPUTS = ("checkpoints", "metrics.json", "tensorboard", "csv")
@@ -107,3 +112,34 @@ def clear_run(directory: Path) -> None:
 
 def record_start(directory: Path, cfg_hash: str) -> None:
     atomic_write_json(directory / RUN_FILE, {"config_hash": cfg_hash})
+
+
+def claim_run_dir(cfg: DictConfig, output_dir: Path) -> str | None:
+    """What to do with what the run directory already holds: the checkpoint to resume from, or ``done``.
+
+    A sweep job rerun in its sweep directory is skipped when it finished with the same config and resumes
+    from its last.ckpt when it was cut short. Anywhere else, another run's outputs are refused unless
+    ``ckpt_path=last`` (resume) or ``overwrite=true`` (start over) says what to do."""
+    h = config_hash(cfg)
+    ckpt_path = cfg.get("ckpt_path")
+    if hydra_mode() == RunMode.MULTIRUN and not ckpt_path:
+        state = run_state(output_dir, h)
+        if state in ("done", "partial"):
+            log.info(
+                "sweep job %s: %s, %s", output_dir.name, state, "skipping" if state == "done" else "resuming"
+            )
+            return "done" if state == "done" else "last"
+        if state == "other":
+            log.warning("%s: holds a run of another config; starting over", output_dir)
+            clear_run(output_dir)
+    elif not ckpt_path and run_outputs(output_dir):
+        if not cfg.get("overwrite", False):
+            raise MMDigitsError(
+                f"{output_dir}: holds a run already ({', '.join(run_outputs(output_dir))}); resume it with "
+                "ckpt_path=last, start a new run (leave hydra.run.dir out), or pass overwrite=true to start "
+                "over here"
+            )
+        log.warning("overwrite=true: removing the earlier run's outputs in %s", output_dir)
+        clear_run(output_dir)
+    record_start(output_dir, h)
+    return ckpt_path
