@@ -63,19 +63,10 @@ class MMDigitsDataModule(L.LightningDataModule):
         self.build = dict(build or {})
         self.use_digit_labels = use_digit_labels
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.val_fraction, self.sampler, self.bucketing, self.pad_to = (
-            val_fraction,
-            sampler,
-            bucketing,
-            pad_to,
-        )
-        self.digit_pairing, self.max_frames, self.seed, self.num_workers = (
-            digit_pairing,
-            max_frames,
-            seed,
-            num_workers,
-        )
-        self.bucket_batches = bucket_batches
+        self.val_fraction, self.sampler, self.pad_to = val_fraction, sampler, pad_to
+        self.bucketing, self.bucket_batches = bucketing, bucket_batches
+        self.digit_pairing, self.max_frames = digit_pairing, max_frames
+        self.seed, self.num_workers = seed, num_workers
         self.data: ChallengeData | None = None
         self.stats: dict[str, torch.Tensor] = {}
         self.pos_rate: float = 0.5
@@ -112,12 +103,6 @@ class MMDigitsDataModule(L.LightningDataModule):
             )
         if self.build:  # explicit settings: the same build, or an error naming both
             ensure_dataset(self.dir, self.raw_dir, audio=have.get("audio"), **self.build)
-
-    @property
-    def corpus(self) -> str | None:
-        """The audio corpus of the loaded data (the manifest's; None for the original challenge files)."""
-        manifest = self.data.manifest if self.data is not None else read_manifest(self.dir)
-        return (manifest or {}).get("settings", {}).get("audio", self.audio)
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:
