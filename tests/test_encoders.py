@@ -27,6 +27,7 @@ VARIANTS = {
     "crnn_lstm_mean": ("crnn", dict(rnn="lstm", pool="mean", strides=[2, 2], kernel_size=3)),
     "crnn_packed": ("crnn", dict(packed=True)),
     "cnn1d_mean": ("cnn1d", dict(strides=[2, 2, 2], pool="mean")),
+    "cnn1d_deltas": ("cnn1d", dict(deltas=True, channels=[32, 32, 32, 32], strides=[1, 2, 2, 1])),
     "transformer_learned": ("transformer", dict(positional="learned")),
     "cnn2d_strided": ("cnn2d", dict(time_strides=[2, 2, 1], kernel_size=5)),
 }
@@ -212,7 +213,7 @@ def test_masked_rnn_equals_packed_torch_rnn(
     final states as the packed reference, whatever is in the padding."""
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-    from mmdigits.models.audio import MaskedRNN
+    from mmdigits.models.rnn import MaskedRNN
 
     torch.manual_seed(0)
     ref = {"gru": nn.GRU, "lstm": nn.LSTM}[cell](
@@ -235,7 +236,7 @@ def test_masked_rnn_equals_packed_torch_rnn(
 
 
 def test_reverse_within_lengths_is_an_involution() -> None:
-    from mmdigits.models.audio import reverse_within_lengths
+    from mmdigits.models.rnn import reverse_within_lengths
 
     x = torch.arange(2 * 4, dtype=torch.float32).view(2, 4, 1)
     r = reverse_within_lengths(x, torch.tensor([3, 1]))

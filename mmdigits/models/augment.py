@@ -23,3 +23,35 @@ def time_mask(audio: Tensor, lengths: Tensor, width: int) -> Tensor:
     start = (torch.rand(audio.shape[0], 1, device=audio.device) * (lengths.unsqueeze(1) - w)).long()
     keep = ~((t >= start) & (t < start + w))
     return audio * keep.unsqueeze(-1)
+
+
+def speed_perturb(audio: Tensor, lengths: Tensor, amount: float) -> tuple[Tensor, Tensor]:
+    """Resample each utterance in time by a random factor in [1 - amount, 1 + amount] (linear interpolation
+    between frames): a faster or slower speaker. Returns the new batch, zero past the new lengths."""
+    B, _, C = audio.shape
+    rate = 1.0 + (torch.rand(B, device=audio.device) * 2 - 1) * amount
+    new = (lengths.float() * rate).round().long().clamp_min(1)
+    T = int(new.max())
+    t = torch.arange(T, device=audio.device, dtype=audio.dtype)[None, :]
+    last = (lengths - 1).to(audio.dtype)[:, None]
+    pos = (t * last / (new - 1).clamp_min(1).to(audio.dtype)[:, None]).clamp(max=last)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=(lengths - 1)[:, None])
+    w = (pos - lo.to(audio.dtype)).unsqueeze(-1)
+
+    def take(i: Tensor) -> Tensor:
+        return audio.gather(1, i.unsqueeze(-1).expand(-1, -1, C))
+
+    out = take(lo) * (1 - w) + take(hi) * w
+    valid = torch.arange(T, device=audio.device)[None, :] < new[:, None]
+    return out * valid.unsqueeze(-1).to(audio.dtype), new
+
+
+def freq_mask(audio: Tensor, width: int) -> Tensor:
+    """SpecAugment-style: zero one band of up to ``width`` consecutive coefficients in each utterance."""
+    B, _, C = audio.shape
+    w = torch.randint(0, width + 1, (B, 1), device=audio.device)
+    start = (torch.rand(B, 1, device=audio.device) * (C - w + 1)).long()
+    c = torch.arange(C, device=audio.device)[None, :]
+    keep = ~((c >= start) & (c < start + w))
+    return audio * keep.unsqueeze(1).to(audio.dtype)

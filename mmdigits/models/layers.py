@@ -19,6 +19,14 @@ def conv_out_lengths(lengths: Tensor, kernel_size: int, stride: int = 1, padding
     return torch.div(lengths + 2 * padding - kernel_size, stride, rounding_mode="floor") + 1
 
 
+def with_deltas(x: Tensor, lengths: Tensor) -> Tensor:
+    """x (B, T, C) zero past each length -> (B, T, 2C): x and its first differences (x[t+1] - x[t-1]) / 2
+    (frames outside an utterance count as zero; zero past each length)."""
+    mask = lengths_to_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
+    padded = F.pad(x * mask, (0, 0, 1, 1))
+    return torch.cat([x * mask, (padded[:, 2:] - padded[:, :-2]) * (0.5 * mask)], dim=-1)
+
+
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean of x (B, T, C) over the valid frames of mask (B, T) -> (B, C)."""
     m = mask.unsqueeze(-1).to(x.dtype)

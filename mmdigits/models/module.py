@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torchmetrics import CatMetric, MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mmdigits.models.augment import random_shift, time_mask
+from mmdigits.models.augment import freq_mask, random_shift, speed_perturb, time_mask
 from mmdigits.models.fusion import FusionOutput
 from mmdigits.models.layers import lengths_to_mask
 from mmdigits.tasks import MODALITIES, N_DIGITS, get_task
@@ -82,6 +82,8 @@ class MultimodalModule(LightningModule):
         modality_dropout: float = 0.0,
         prior_correction: bool = True,
         audio_time_mask: int = 0,
+        audio_freq_mask: int = 0,
+        audio_speed: float = 0.0,
         image_shift: int = 0,
         channels_last: bool = True,
         threshold_from_val: bool = False,
@@ -184,10 +186,20 @@ class MultimodalModule(LightningModule):
             lengths = batch["lengths"]
             audio = (batch["audio"].float() - self.audio_mean) / self.audio_std
             audio = audio * lengths_to_mask(lengths, audio.shape[1]).unsqueeze(-1)
-            if self.training and self.hparams.audio_time_mask > 0:
-                audio = time_mask(audio, lengths, self.hparams.audio_time_mask)
+            if self.training:
+                audio, lengths = self._augment_audio(audio, lengths)
             feats.append(self.audio_encoder(audio, lengths))
         return self._modality_dropout(feats)
+
+    def _augment_audio(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        hp = self.hparams
+        if hp.audio_speed > 0:
+            audio, lengths = speed_perturb(audio, lengths, hp.audio_speed)
+        if hp.audio_time_mask > 0:
+            audio = time_mask(audio, lengths, hp.audio_time_mask)
+        if hp.audio_freq_mask > 0:
+            audio = freq_mask(audio, hp.audio_freq_mask)
+        return audio, lengths
 
     def _modality_dropout(self, feats: list[Tensor]) -> list[Tensor]:
         p = self.hparams.modality_dropout

@@ -1,0 +1,51 @@
+"""Training-time augmentations keep the batch contract: zeros past each (new) length, bounded changes."""
+
+from __future__ import annotations
+
+import torch
+
+from mmdigits.models.augment import freq_mask, speed_perturb, time_mask
+from mmdigits.models.layers import lengths_to_mask, with_deltas
+
+
+def _batch(lengths: list[int], T: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    lens = torch.tensor(lengths)
+    x = torch.randn(len(lengths), T, 13, generator=g) * lengths_to_mask(lens, T).unsqueeze(-1)
+    return x, lens
+
+
+def test_speed_perturb_resamples_within_bounds_and_keeps_padding_zero():
+    torch.manual_seed(0)
+    x, lens = _batch([1, 5, 20, 40])
+    out, new = speed_perturb(x, lens, 0.2)
+    assert (new >= 1).all() and (new <= (lens * 1.2).round()).all() and (new >= (lens * 0.8).round()).all()
+    assert out.shape[1] == int(new.max())
+    assert (out[~lengths_to_mask(new, out.shape[1])] == 0).all()
+    # the first and last valid frames are kept (interpolation between existing frames)
+    for b in range(4):
+        torch.testing.assert_close(out[b, 0], x[b, 0])
+        torch.testing.assert_close(out[b, new[b] - 1], x[b, lens[b] - 1])
+    same, same_lens = speed_perturb(x, lens, 0.0)
+    assert torch.equal(same_lens, lens) and torch.allclose(same, x[:, : int(lens.max())])
+
+
+def test_time_and_freq_masks_zero_bounded_blocks():
+    torch.manual_seed(0)
+    x, lens = _batch([6, 20, 40, 40])
+    t = time_mask(x, lens, 5)
+    zeroed = (t == 0).all(-1) & lengths_to_mask(lens, 40)
+    assert (zeroed.sum(1) <= 5).all() and (zeroed.sum(1) < lens).all()
+    f = freq_mask(x, 3)
+    cols = (f == 0).all(1)  # coefficients zeroed over every frame of a row
+    assert (cols.sum(1) <= 3).all() and (cols.sum(1) >= 0).all()
+    assert torch.equal(f[f != 0], x[f != 0])
+
+
+def test_deltas_are_padding_invariant():
+    x, lens = _batch([3, 7])
+    wide = torch.cat([x, torch.zeros(2, 30, 13)], dim=1)
+    d, d_wide = with_deltas(x, lens), with_deltas(wide, lens)
+    assert d.shape == (2, 40, 26) and torch.equal(d_wide[:, :40], d) and (d_wide[:, 40:] == 0).all()
+    torch.testing.assert_close(d[0, 1, 13:], (x[0, 2] - x[0, 0]) / 2)
+    torch.testing.assert_close(d[0, 2, 13:], (0 - x[0, 1]) / 2)  # the frame after the last counts as zero
