@@ -49,3 +49,17 @@ def test_deltas_are_padding_invariant():
     assert d.shape == (2, 40, 26) and torch.equal(d_wide[:, :40], d) and (d_wide[:, 40:] == 0).all()
     torch.testing.assert_close(d[0, 1, 13:], (x[0, 2] - x[0, 0]) / 2)
     torch.testing.assert_close(d[0, 2, 13:], (0 - x[0, 1]) / 2)  # the frame after the last counts as zero
+
+
+def test_random_affine_keeps_shape_background_and_ink():
+    from mmdigits.models.augment import random_affine
+
+    torch.manual_seed(0)
+    img = torch.full((4, 1, 28, 28), -0.4)
+    img[:, :, 10:18, 12:16] = 2.5  # a stroke on normalised paper
+    out = random_affine(img, degrees=10, scale=0.1, shift=2)
+    assert out.shape == img.shape
+    assert torch.isclose(out[:, :, 0, 0], torch.tensor(-0.4)).all()  # corners stay paper
+    assert ((out - -0.4).abs().sum((1, 2, 3)) > 0.5 * (img - -0.4).abs().sum((1, 2, 3))).all()  # ink kept
+    same = random_affine(img, degrees=0, scale=0, shift=0)
+    torch.testing.assert_close(same, img, atol=1e-5, rtol=1e-5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -55,3 +57,18 @@ def freq_mask(audio: Tensor, width: int) -> Tensor:
     c = torch.arange(C, device=audio.device)[None, :]
     keep = ~((c >= start) & (c < start + w))
     return audio * keep.unsqueeze(1).to(audio.dtype)
+
+
+def random_affine(image: Tensor, degrees: float, scale: float, shift: float) -> Tensor:
+    """A random rotation (up to ``degrees``), zoom (by up to ``scale``) and translation (up to ``shift``
+    pixels) per image, bilinear, with zeros (the normalised background shifts) filled in."""
+    B, _, H, W = image.shape
+    dev = image.device
+    angle = (torch.rand(B, device=dev) * 2 - 1) * math.radians(degrees)
+    zoom = 1.0 + (torch.rand(B, device=dev) * 2 - 1) * scale
+    move = (torch.rand(B, 2, device=dev) * 2 - 1) * (2 * shift / torch.tensor([W, H], device=dev))
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, move[:, 0]], 1), torch.stack([sin, cos, move[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(image.dtype), list(image.shape), align_corners=False)
+    background = image.amin(dim=(1, 2, 3), keepdim=True)  # the blank paper, after normalisation
+    return F.grid_sample(image - background, grid, align_corners=False) + background

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torchmetrics import CatMetric, MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mmdigits.models.augment import freq_mask, random_shift, speed_perturb, time_mask
+from mmdigits.models.augment import freq_mask, random_affine, random_shift, speed_perturb, time_mask
 from mmdigits.models.fusion import FusionOutput
 from mmdigits.models.layers import lengths_to_mask
 from mmdigits.tasks import MODALITIES, N_DIGITS, get_task
@@ -85,6 +85,7 @@ class MultimodalModule(LightningModule):
         audio_freq_mask: int = 0,
         audio_speed: float = 0.0,
         image_shift: int = 0,
+        image_affine: dict | None = None,
         channels_last: bool = True,
         threshold_from_val: bool = False,
         data_info: dict | None = None,
@@ -92,6 +93,7 @@ class MultimodalModule(LightningModule):
         super().__init__()
         audio_encoder, image_encoder, fusion = plain(audio_encoder), plain(image_encoder), plain(fusion)
         optimizer, scheduler, data_info = plain(optimizer), plain(scheduler), plain(data_info)
+        image_affine = plain(image_affine)
         self.save_hyperparameters(logger=False)  # reads the (now plain) arguments
         self.task = get_task(task)
         given = {"image": image_encoder, "audio": audio_encoder}
@@ -179,6 +181,8 @@ class MultimodalModule(LightningModule):
             image = (batch["image"].float() / 255.0 - self.image_mean) / self.image_std
             if self.training and self.hparams.image_shift > 0:
                 image = random_shift(image, self.hparams.image_shift)
+            if self.training and self.hparams.image_affine:
+                image = random_affine(image, **self.hparams.image_affine)
             if self.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
             feats.append(self.image_encoder(image))
