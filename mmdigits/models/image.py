@@ -109,3 +109,35 @@ class ResNetEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+class ConvEncoder(nn.Module):
+    """VGG-style: stages of 3x3 conv-BN-ReLU (widths ``spec``, one list per stage) with 2x2 max pooling
+    between stages, then flatten -> Linear(``head``) -> BN -> ReLU.
+
+    ``spec=[[8], [16], [32]], head=64`` (``conv_fast``, ~0.6 M multiply-adds, about LeNet's cost) and
+    ``[[16], [32], [64]], 128`` (``conv``, ~2 M) were chosen for the match and image-only recipes.
+    ``out_dim`` = ``head``.
+    """
+
+    def __init__(self, spec: Sequence[Sequence[int]] = ((16,), (32,), (64,)), head: int = 128) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c, side = 1, 28
+        for i, stage in enumerate(spec):
+            for width in stage:
+                layers += [
+                    nn.Conv2d(c, width, 3, 1, 1, bias=False),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(inplace=True),
+                ]
+                c = width
+            if i < len(spec) - 1:
+                layers.append(nn.MaxPool2d(2))
+                side //= 2
+        layers += [nn.Flatten(), nn.Linear(c * side * side, head, bias=False), nn.BatchNorm1d(head)]
+        self.net = nn.Sequential(*layers, nn.ReLU(inplace=True))
+        self.out_dim = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
