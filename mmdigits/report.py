@@ -40,7 +40,8 @@ def write_report(
     cols += [metric] if metric not in cols else []
     groups = seed_groups(df).rename(columns=GROUP_COLUMNS)
     plot_curves(df, out / "curves.png")
-    how = write_confusion(df.iloc[0], out / "confusion.png")
+    tested = "test/acc" in df and df["test/acc"].notna().any()  # a search on validation never looks at test
+    how = write_confusion(df.iloc[0], out / "confusion.png") if tested else None
     cut = df[df["stopped_by"].isin(["max_time", "interrupted"])] if "stopped_by" in df else df.iloc[:0]
     text = [
         f"# Run report: {len(df)} runs, {df['group'].nunique()} groups",
@@ -64,12 +65,18 @@ def write_report(
         "",
         markdown_table(df, cols),
         "",
-        f"## Best run: {df.iloc[0]['run']}",
-        "",
-        f"Confusion matrix ({how}):",
-        "",
-        "![confusion matrix](confusion.png)",
-        "",
+        *(
+            [
+                f"## Best run: {df.iloc[0]['run']}",
+                "",
+                f"Confusion matrix ({how}):",
+                "",
+                "![confusion matrix](confusion.png)",
+                "",
+            ]
+            if how
+            else []
+        ),  # fmt: skip
     ]
     (out / "report.md").write_text("\n".join(text))
     return out / "report.md"

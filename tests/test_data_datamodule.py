@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -169,7 +170,7 @@ def test_speaker_disjoint_val_and_train_only_stats(
 
 
 def test_val_without_speaker_ids_shares_no_utterance_or_image(
-    tiny_dataset_dir: Path, tmp_path: Path, caplog
+    tiny_dataset_dir: Path, tmp_path: Path, caplog, monkeypatch
 ) -> None:
     """The original challenge files have no speaker ids and reuse each utterance in many pairs: validation
     takes whole utterances (by content) and no image of it is trained on; the log reports the overlap."""
@@ -179,8 +180,15 @@ def test_val_without_speaker_ids_shares_no_utterance_or_image(
     before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
     dm = MMDigitsDataModule(dir=str(tmp_path), batch_size=32, val_fraction=0.2)
     dm.prepare_data()  # user-owned: untouched, no build
-    with caplog.at_level("INFO"):
+    # earlier in-process Hydra runs in the same session may have reconfigured logging
+    log = logging.getLogger("mmdigits.data.datamodule")
+    monkeypatch.setattr(log, "disabled", False)
+    monkeypatch.setattr(log, "level", logging.INFO)
+    log.addHandler(caplog.handler)
+    try:
         dm.setup("fit")
+    finally:
+        log.removeHandler(caplog.handler)
     assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
     assert not dm.has_digit_labels
     spoken = np.load(tmp_path / "spoken_train.npy", allow_pickle=True)

@@ -66,8 +66,10 @@ def read_metrics(run_dir: Path) -> dict:
 
 
 def scalar_metrics(metrics: dict) -> dict[str, float]:
-    """The logged metrics (``stage/name``) of a metrics.json, without the learning rate."""
-    return {k: v for k, v in metrics.items() if "/" in k and not k.startswith("lr-")}
+    """The logged metrics (``stage/name``) of a metrics.json, without the learning rate and the throughput
+    (pairs/s measures the machine, not the run)."""
+    keep = lambda k: "/" in k and not k.startswith("lr-") and not k.endswith("pairs_per_s")  # noqa: E731
+    return {k: v for k, v in metrics.items() if keep(k)}
 
 
 def state_dict(path: Path) -> dict[str, torch.Tensor]:
