@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mmdigits.analysis.plots import plot_curves, write_confusion
 from mmdigits.analysis.runs import COLUMNS, markdown_table, runs_frame, seed_groups, sort_runs
+from mmdigits.utils.io import atomic_write_bytes
 
 # ----------------------------------------------------------------------------- report
 GROUP_COLUMNS = {"test/acc": "test acc", "test/f1": "test F1", "test/auroc": "test AUROC",
@@ -29,6 +30,7 @@ def write_report(
     """Write report.md, curves.png and confusion.png into ``out_dir`` (default: the first path)."""
     out = Path(out_dir or paths[0])
     df = runs_frame(paths)
+    out.mkdir(parents=True, exist_ok=True)
     if df.empty:
         raise FileNotFoundError(f"no runs (metrics.json) under {', '.join(map(str, paths))}")
     df = sort_runs(df, metric)
@@ -49,7 +51,7 @@ def write_report(
         "## Mean ± std over seeds",
         "",
         "Groups are the runs that differ only by their seed, named by the choices that set them apart;",
-        "sorted by mean test accuracy. Throughput is pairs per second of the training and test steps on the",
+        f"sorted by mean `{metric}`. Throughput is pairs per second of the training and test steps on the",
         "machine that ran them; the last two columns score the test pairs with one modality zeroed.",
         "",
         markdown_table(groups) if len(groups) else "No runs differ only by their seed.",
@@ -78,7 +80,7 @@ def write_report(
             else []
         ),  # fmt: skip
     ]
-    (out / "report.md").write_text("\n".join(text))
+    atomic_write_bytes(out / "report.md", "\n".join(text).encode())
     return out / "report.md"
 
 

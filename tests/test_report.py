@@ -142,3 +142,19 @@ def test_cli_errors_clearly_without_runs(tmp_path):
         [sys.executable, "-m", "mmdigits.report", str(tmp_path)], cwd=REPO, capture_output=True, text=True
     )
     assert proc.returncode == 2 and "no runs (metrics.json)" in proc.stderr
+
+
+def test_search_without_test_metrics_reports_into_a_new_out_dir(runs, tmp_path):
+    """A validation-only search (test=false) has no test metrics: no confusion matrix of test data is drawn,
+    and --out may name a directory that does not exist yet."""
+    import json
+
+    sweep = tmp_path / "search"
+    shutil.copytree(runs[0]["dir"].parent, sweep)
+    for f in sweep.glob("*/metrics.json"):
+        m = json.loads(f.read_text())
+        f.write_text(json.dumps({k: v for k, v in m.items() if not k.startswith("test/")}))
+    out = tmp_path / "new" / "report"
+    report = write_report([sweep], metric="val/acc_best", out_dir=out).read_text()
+    assert "## Best run" not in report and not (out / "confusion.png").exists()
+    assert (out / "curves.png").stat().st_size > 1000 and "val/acc_best" in report

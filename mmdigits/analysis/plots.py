@@ -47,6 +47,15 @@ def group_curves(df: pd.DataFrame, tag: str) -> dict[str, np.ndarray]:
     return out
 
 
+def _value_order(facet: str) -> tuple[int, float, str]:
+    """Panels in the order of their values: numbers by size (lr=0.001 before lr=0.01), then names."""
+    value = facet.rsplit("=", 1)[-1]
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
 def plot_curves(df: pd.DataFrame, path: Path) -> Path:
     """One line per group (mean over its seeds) with a min-max band, per validation metric; with groups named
     by two or more choices, one column of panels per value of one of them. A shared legend on top."""
@@ -59,7 +68,7 @@ def plot_curves(df: pd.DataFrame, path: Path) -> Path:
     curves = {tag: group_curves(df, tag) for tag, _ in CURVES}
     labels = list(dict.fromkeys(df["group"]))
     facet_key = _facet_key(labels)
-    facets = list(dict.fromkeys(_split_label(g, facet_key)[0] for g in labels))
+    facets = sorted({_split_label(g, facet_key)[0] for g in labels}, key=_value_order)
     lines = list(dict.fromkeys(_split_label(g, facet_key)[1] for g in labels))
     colours = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
     fig, axes = plt.subplots(
