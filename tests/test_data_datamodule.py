@@ -170,7 +170,7 @@ def test_speaker_disjoint_val_and_train_only_stats(
 
 
 def test_val_without_speaker_ids_shares_no_utterance_or_image(
-    tiny_dataset_dir: Path, tmp_path: Path, caplog, monkeypatch
+    tiny_dataset_dir: Path, tmp_path: Path, caplog
 ) -> None:
     """The original challenge files have no speaker ids and reuse each utterance in many pairs: validation
     takes whole utterances (by content) and no image of it is trained on; the log reports the overlap."""
@@ -182,13 +182,16 @@ def test_val_without_speaker_ids_shares_no_utterance_or_image(
     dm.prepare_data()  # user-owned: untouched, no build
     # earlier in-process Hydra runs in the same session may have reconfigured logging
     log = logging.getLogger("mmdigits.data.datamodule")
-    monkeypatch.setattr(log, "disabled", False)
-    monkeypatch.setattr(log, "level", logging.INFO)
+    level, disabled = log.level, log.disabled
+    log.setLevel(logging.INFO)  # setLevel, not the attribute: it clears the loggers' cached levels
+    log.disabled = False
     log.addHandler(caplog.handler)
     try:
         dm.setup("fit")
     finally:
         log.removeHandler(caplog.handler)
+        log.setLevel(level)
+        log.disabled = disabled
     assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
     assert not dm.has_digit_labels
     spoken = np.load(tmp_path / "spoken_train.npy", allow_pickle=True)
