@@ -30,9 +30,9 @@ def write_report(
     """Write report.md, curves.png and confusion.png into ``out_dir`` (default: the first path)."""
     out = Path(out_dir or paths[0])
     df = runs_frame(paths)
-    out.mkdir(parents=True, exist_ok=True)
     if df.empty:
         raise FileNotFoundError(f"no runs (metrics.json) under {', '.join(map(str, paths))}")
+    out.mkdir(parents=True, exist_ok=True)
     df = sort_runs(df, metric)
     cols = [
         c
@@ -67,19 +67,10 @@ def write_report(
         "",
         markdown_table(df, cols),
         "",
-        *(
-            [
-                f"## Best run: {df.iloc[0]['run']}",
-                "",
-                f"Confusion matrix ({how}):",
-                "",
-                "![confusion matrix](confusion.png)",
-                "",
-            ]
-            if how
-            else []
-        ),  # fmt: skip
     ]
+    if how:
+        text += [f"## Best run: {df.iloc[0]['run']}", "", f"Confusion matrix ({how}):", "",
+                 "![confusion matrix](confusion.png)", ""]  # fmt: skip
     atomic_write_bytes(out / "report.md", "\n".join(text).encode())
     return out / "report.md"
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -180,18 +179,8 @@ def test_val_without_speaker_ids_shares_no_utterance_or_image(
     before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
     dm = MMDigitsDataModule(dir=str(tmp_path), batch_size=32, val_fraction=0.2)
     dm.prepare_data()  # user-owned: untouched, no build
-    # earlier in-process Hydra runs in the same session may have reconfigured logging
-    log = logging.getLogger("mmdigits.data.datamodule")
-    level, disabled = log.level, log.disabled
-    log.setLevel(logging.INFO)  # setLevel, not the attribute: it clears the loggers' cached levels
-    log.disabled = False
-    log.addHandler(caplog.handler)
-    try:
+    with caplog.at_level("INFO"):
         dm.setup("fit")
-    finally:
-        log.removeHandler(caplog.handler)
-        log.setLevel(level)
-        log.disabled = disabled
     assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
     assert not dm.has_digit_labels
     spoken = np.load(tmp_path / "spoken_train.npy", allow_pickle=True)

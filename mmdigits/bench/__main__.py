@@ -149,8 +149,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", choices=["throughput", "overhead", "padding"], default=None)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
-    logging.getLogger("lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.manual_seed(0)
 
     rows: list[tuple[str, str, str, str]] = []
@@ -204,4 +202,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    logging.getLogger("lightning").setLevel(logging.ERROR)  # the command's own output only
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     main()

@@ -30,5 +30,6 @@ def quiet_trainer(**kw: Any) -> L.Trainer:
 
 
 def quiet_logging() -> None:
+    """Lightning and mmdigits log errors only. Changes the process's logging: call it from ``__main__``."""
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "mmdigits"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -84,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="logs/bench/peers", help="where our runs go")
     args = parser.parse_args(argv)
-    quiet_logging()
     warnings.filterwarnings("ignore")
     from hydra.utils import instantiate
 
@@ -126,4 +125,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
+    quiet_logging()  # the command's own output only; in-process callers keep their logging
     sys.exit(main())

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmdigits.models.layers import lengths_to_mask
+
 
 def random_shift(image: Tensor, shift: int) -> Tensor:
     """Translate the batch by up to ``shift`` pixels (pad, then crop at one random offset)."""
@@ -45,8 +47,7 @@ def speed_perturb(audio: Tensor, lengths: Tensor, amount: float) -> tuple[Tensor
         return audio.gather(1, i.unsqueeze(-1).expand(-1, -1, C))
 
     out = take(lo) * (1 - w) + take(hi) * w
-    valid = torch.arange(T, device=audio.device)[None, :] < new[:, None]
-    return out * valid.unsqueeze(-1).to(audio.dtype), new
+    return out * lengths_to_mask(new, T).unsqueeze(-1).to(audio.dtype), new
 
 
 def freq_mask(audio: Tensor, width: int) -> Tensor:

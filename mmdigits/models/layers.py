@@ -23,8 +23,9 @@ def with_deltas(x: Tensor, lengths: Tensor) -> Tensor:
     """x (B, T, C) zero past each length -> (B, T, 2C): x and its first differences (x[t+1] - x[t-1]) / 2
     (frames outside an utterance count as zero; zero past each length)."""
     mask = lengths_to_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
-    padded = F.pad(x * mask, (0, 0, 1, 1))
-    return torch.cat([x * mask, (padded[:, 2:] - padded[:, :-2]) * (0.5 * mask)], dim=-1)
+    x = x * mask
+    padded = F.pad(x, (0, 0, 1, 1))
+    return torch.cat([x, (padded[:, 2:] - padded[:, :-2]) * (0.5 * mask)], dim=-1)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
