@@ -31,6 +31,7 @@ def test_bench_table(tiny_dataset_dir: Path, capsys: pytest.CaptureFixture[str])
     table = {r[0].lstrip("| "): r[1:] for r in rows[1:]}
     assert float(table["train pairs/s (default model)"][0]) > 0
     assert all(float(v) > 0 for v in table["predict pairs/s, default vs seed"][:2])
+    assert float(table["predict pairs/s, experiment=match_accurate's model vs seed"][0]) > 0
     epoch_rows = {k: v for k, v in table.items() if k.startswith("epoch s, bucketed vs")}
     assert len(epoch_rows) == 2, table.keys()  # pad-93 with the dense and with the packed RNN
     baselines = 0

@@ -58,6 +58,12 @@ def test_run_is_named_after_the_choices_made(tmp_path):
     # unimodal tasks leave out the encoder they do not read
     assert compose_cfg("train", ["experiment=audio_only"], tmp_path).run_name == "audio_digit_cnn1d_deep"
     assert compose_cfg("train", ["experiment=image_only"], tmp_path).run_name == "image_digit_conv"
+    accurate = compose_cfg("train", ["experiment=match_accurate"], tmp_path)
+    assert accurate.run_name == "match_cnn1d_deep_conv_fast_agreement"
+    # an encoder given on the command line still wins over the experiment's preset
+    assert compose_cfg("train", ["experiment=match_accurate", "image_encoder=lenet"], tmp_path).run_name == (
+        "match_cnn1d_deep_lenet_agreement"
+    )
 
 
 def test_presets_hold_no_budget():

@@ -176,6 +176,28 @@ def test_image_encoder_specs() -> None:
     assert resnet.out_dim == 128 and 3e5 <= sum(p.numel() for p in resnet.parameters()) <= 1e6
 
 
+@pytest.mark.parametrize("name", ["lenet", "conv", "conv_fast"])
+def test_image_encoder_pools_before_relu_with_the_textbook_output(name: str) -> None:
+    """The encoders max-pool before ReLU (cheaper); the textbook order (ReLU, then pool) with the same
+    weights must give the same features, and the state-dict keys must stay those of that order."""
+    enc = build("image_encoder", name).eval()
+    _randomise_norms(enc)
+    mods, textbook, i = list(enc.net), [], 0
+    while i < len(mods):
+        if isinstance(mods[i], nn.MaxPool2d) and isinstance(mods[i + 1], nn.ReLU):
+            textbook += [mods[i + 1], mods[i]]
+            i += 2
+        else:
+            textbook.append(mods[i])
+            i += 1
+    assert sum(isinstance(m, nn.MaxPool2d) for m in textbook) == 2
+    reference = nn.Sequential(*textbook)
+    assert list(reference.state_dict()) == list(enc.net.state_dict())
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), reference(x))
+
+
 class IgnoresLengths(nn.Module):
     """A broken encoder: pools over every frame, padding included."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ from tests.synthetic import write_challenge_files
 REPO = Path(__file__).resolve().parents[1]
 MODELS = [
     "cnn1d_lenet",
+    "cnn1d_deep_conv_fast",
+    "cnn1d_deltas_conv_fast",
     "cnn1d_resnet",
     "lstm_cnn",
     "cnn1d_cnn",
@@ -60,6 +63,21 @@ def test_fast_dev_run_unimodal(model, tmp_path, tiny_dataset_dir):
 def test_fast_dev_run_every_fusion(fusion, tmp_path, tiny_dataset_dir):
     metrics = run_train(tmp_path, tiny_dataset_dir, f"fusion={fusion}", "debug=fast_dev_run")
     assert np.isfinite(metrics["test/acc"])
+
+
+@pytest.mark.parametrize(
+    ("experiment", "monitor", "best"), [("match_accurate", "val/loss", min), ("match_only", "val/acc", max)]
+)
+def test_recipe_tests_the_epoch_its_rule_picks(experiment, monitor, best, tmp_path, tiny_dataset_dir):
+    """match_accurate (EMA, augmentation) tests the epoch with the lowest validation loss; match_only the
+    first epoch with the best validation accuracy."""
+    metrics = run_train(tmp_path, tiny_dataset_dir, f"experiment={experiment}", "trainer.max_epochs=3")
+    assert np.isfinite(metrics["test/acc"])
+    values = [e.value for e in EventAccumulator(str(tmp_path / "tensorboard")).Reload().Scalars(monitor)]
+    assert len(values) == 3
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    picked = int(re.search(r"epoch_(\d+)\.ckpt$", saved["best_model_path"]).group(1))
+    assert picked == values.index(best(values)), (picked, values)
 
 
 def test_bf16_autocast_smoke_on_cpu(tmp_path, tiny_dataset_dir):
