@@ -147,3 +147,19 @@ def test_reliability_callbacks_come_from_the_config(tmp_path):
     assert {LastCheckpointEveryEpoch, CheckpointOnInterrupt, BatchSeed} <= kinds
     assert LastCheckpointEveryEpoch not in {type(c) for c in instantiate_callbacks(cfg.callbacks, False)}
     assert not instantiate_callbacks(compose_cfg("train", ["callbacks=none"], tmp_path).callbacks)
+
+
+def test_augment_group_is_off_by_default_and_shared_by_the_recipes(tmp_path):
+    plain = compose_cfg("train", [], tmp_path).model
+    assert (plain.audio_speed, plain.audio_time_mask, plain.audio_freq_mask) == (0, 0, 0)
+    assert plain.image_affine is None
+    strong = compose_cfg("train", ["augment=strong"], tmp_path).model
+    assert (strong.audio_speed, strong.audio_time_mask, strong.audio_freq_mask) == (0.15, 10, 3)
+    assert strong.image_shift == 0 and dict(strong.image_affine) == {"degrees": 10, "scale": 0.1, "shift": 2}
+    for experiment in ("match_accurate", "match_only"):
+        model = compose_cfg("train", [f"experiment={experiment}"], tmp_path).model
+        augment = ("audio_speed", "audio_time_mask", "audio_freq_mask", "image_shift", "image_affine")
+        assert {k: model[k] for k in augment} == {k: strong[k] for k in augment}, experiment
+    # a key given on the command line still wins over the group
+    cli = compose_cfg("train", ["experiment=match_only", "model.audio_speed=0.3"], tmp_path)
+    assert cli.model.audio_speed == 0.3
