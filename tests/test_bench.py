@@ -19,6 +19,8 @@ def test_bench_table(tiny_dataset_dir: Path, capsys: pytest.CaptureFixture[str])
             str(tiny_dataset_dir),
             "--batches",
             "2",
+            "--rounds",
+            "2",
             "--padding-epochs",
             "1",
             "--padding-seeds",
@@ -30,8 +32,12 @@ def test_bench_table(tiny_dataset_dir: Path, capsys: pytest.CaptureFixture[str])
     ]
     table = {r[0].lstrip("| "): r[1:] for r in rows[1:]}
     assert float(table["train pairs/s (default model)"][0]) > 0
-    assert all(float(v) > 0 for v in table["predict pairs/s, default vs seed"][:2])
-    assert float(table["predict pairs/s, experiment=match_accurate's model vs seed"][0]) > 0
+    prefixes = ("predict pairs/s, default vs seed (median of 2 rounds", "predict pairs/s, experiment=match_")
+    for prefix in prefixes:
+        ours, seed, ratio = table[next(k for k in table if k.startswith(prefix))]
+        stated = float(re.match(r"ratio ([\d.]+)", ratio).group(1))
+        assert float(ours) > 0 and float(seed) > 0
+        assert stated == pytest.approx(float(ours) / float(seed), rel=0.01, abs=0.01)
     epoch_rows = {k: v for k, v in table.items() if k.startswith("epoch s, bucketed vs")}
     assert len(epoch_rows) == 2, table.keys()  # pad-93 with the dense and with the packed RNN
     baselines = 0

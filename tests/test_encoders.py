@@ -10,6 +10,7 @@ from torch import nn
 from mmdigits.models.layers import (
     MLP,
     MaskedBatchNorm,
+    MaxPool2x2,
     conv_out_lengths,
     lengths_to_mask,
     masked_max,
@@ -185,7 +186,7 @@ def test_image_encoder_pools_before_relu_with_the_textbook_output(name: str) -> 
     mods, textbook, i = list(enc.net), [], 0
     while i < len(mods):
         if isinstance(mods[i], nn.MaxPool2d) and isinstance(mods[i + 1], nn.ReLU):
-            textbook += [mods[i + 1], mods[i]]
+            textbook += [mods[i + 1], nn.MaxPool2d(2)]  # torch's own pool: checks the fast path too
             i += 2
         else:
             textbook.append(mods[i])
@@ -196,6 +197,27 @@ def test_image_encoder_pools_before_relu_with_the_textbook_output(name: str) -> 
     x = torch.randn(16, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(enc(x), reference(x))
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 28, 28), (2, 16, 7, 7), (2, 3, 10, 9)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_maxpool2x2_equals_torch_maxpool(shape: tuple[int, ...], channels_last: bool) -> None:
+    """The no-grad path gives max_pool2d's values, layout and odd-size cropping; with autograd the gradient
+    is max_pool2d's (one element per tied window: zero images tie everywhere)."""
+    x = torch.randn(shape).clamp_min(0.5)  # many ties
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        fast = MaxPool2x2()(x)
+    reference = nn.functional.max_pool2d(x, 2)
+    assert torch.equal(fast, reference)
+    assert fast.is_contiguous(memory_format=torch.channels_last) == channels_last
+    grads = []
+    for pool in (MaxPool2x2(), nn.MaxPool2d(2)):
+        xg = x.clone().requires_grad_(True)
+        pool(xg).sum().backward()
+        grads.append(xg.grad)
+    assert torch.equal(grads[0], grads[1]) and grads[0].sum() == reference.numel()
 
 
 class IgnoresLengths(nn.Module):

@@ -100,7 +100,10 @@ def test_threshold_tuned_on_validation_predictions():
     assert float(model.val_logit_shift) == pytest.approx(shift)
 
 
-def test_checkpoint_carries_the_shift_tuned_on_its_own_validation(tmp_path, tiny_dataset_dir):
+@pytest.mark.parametrize("callbacks", ["default", "[default,ema]"])
+def test_checkpoint_carries_the_shift_tuned_on_its_own_validation(callbacks, tmp_path, tiny_dataset_dir):
+    """With EMA the averaged weights are validated, saved and tested: the shift tuned on their predictions
+    must be theirs too (not swapped back out with the training weights, nor averaged with stale values)."""
     cfg = compose_cfg(
         "train",
         [
@@ -109,6 +112,7 @@ def test_checkpoint_carries_the_shift_tuned_on_its_own_validation(tmp_path, tiny
             "data.sampler=weighted",
             "model.threshold_from_val=true",
             "trainer.max_epochs=2",
+            f"callbacks={callbacks}",
             "~callbacks.rich_progress_bar",
             "test=false",
         ],

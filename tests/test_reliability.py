@@ -18,7 +18,7 @@ import torch
 from mmdigits.data.build import BUILDING_MARKER, build_dataset, is_complete
 from mmdigits.train import train
 from mmdigits.utils.checkpoint_io import AtomicCheckpointIO
-from mmdigits.utils.io import atomic_save_npy
+from mmdigits.utils.io import atomic_save_npy, atomic_savefig
 from mmdigits.utils.run import write_json
 from tests.hydra_utils import compose_cfg
 
@@ -281,6 +281,30 @@ def test_result_npy_partial_write_keeps_previous_file(tmp_path, monkeypatch):
         atomic_save_npy(path, np.ones(15000, bool))
     assert np.array_equal(np.load(path), np.zeros(10, bool))
     assert _no_temp_files(tmp_path)
+
+
+def test_figure_partial_write_keeps_previous_image(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = tmp_path / "curves.png"
+    fig = plt.figure()
+    atomic_savefig(fig, path, dpi=50)
+    before = path.read_bytes()
+    assert before.startswith(b"\x89PNG")
+
+    class DiesMidSave:
+        def savefig(self, fname, **kw):
+            Path(fname).write_bytes(b"\x89PNG half an image")
+            raise InjectedFailure("killed mid-write")
+
+    with pytest.raises(InjectedFailure):
+        atomic_savefig(DiesMidSave(), path, dpi=50)
+    assert path.read_bytes() == before
+    assert _no_temp_files(tmp_path)
+    plt.close(fig)
 
 
 def _hashes(directory: Path) -> dict[str, bytes]:

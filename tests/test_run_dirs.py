@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -109,3 +110,19 @@ def test_sweep_through_a_launcher(launcher, tiny_dataset_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
     assert len(metrics) == 2 and all(0 <= m["test/acc"] <= 1 for m in metrics)
+
+
+def test_resume_with_a_larger_budget_is_refused_clearly(tiny_dataset_dir, tmp_path, caplog):
+    """The one-cycle schedule spans exactly the budget a run started with: resuming it for more epochs
+    must say so, not fail deep inside the LR scheduler; resuming for fewer warns that it will not finish."""
+    run = tmp_path / "run"
+    overrides = [f"data.dir={tiny_dataset_dir}", *TINY, "trainer.max_epochs=2"]
+    train(compose_cfg("train", overrides, run))
+    before = (run / "checkpoints" / "last.ckpt").read_bytes()
+    refused = r"last.ckpt: its run was started with trainer.max_epochs=2.*resume with trainer.max_epochs=2"
+    with pytest.raises(MMDigitsError, match=refused):
+        train(compose_cfg("train", [*overrides, "ckpt_path=last", "trainer.max_epochs=3"], run))
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == before
+    with caplog.at_level(logging.WARNING, logger="mmdigits.models.schedule"):
+        train(compose_cfg("train", [*overrides, "ckpt_path=last", "trainer.max_epochs=1"], run))
+    assert "started with trainer.max_epochs=2 for 1 epochs: its learning-rate schedule" in caplog.text

@@ -17,6 +17,7 @@ import torch
 
 from mmdigits.models.fusion import ConcatFusion
 from mmdigits.models.module import MultimodalModule
+from mmdigits.utils.io import atomic_savefig
 
 log = logging.getLogger("mmdigits.embed")
 
@@ -158,6 +159,6 @@ def plot_embeddings(points: dict[str, tuple[np.ndarray, np.ndarray | None]], pat
         ax.set(title=f"{name} (t-SNE)", xticks=[], yticks=[])
     if points and next(iter(points.values()))[1] is not None:
         fig.colorbar(sc, ax=axes[0].tolist(), ticks=range(10), label="digit")
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path

@@ -11,6 +11,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from mmdigits.analysis.runs import read_scalars
+from mmdigits.utils.io import atomic_savefig, atomic_write_bytes
 
 log = logging.getLogger("mmdigits.report")
 
@@ -104,7 +105,7 @@ def plot_curves(df: pd.DataFrame, path: Path) -> Path:
     )  # fmt: skip
     rows_of_legend = -(-len(lines) // 5)
     fig.tight_layout(rect=(0, 0, 1, 1 - (0.05 + 0.035 * rows_of_legend)))
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -168,7 +169,7 @@ def plot_confusion(cm: np.ndarray, path: Path, title: str) -> Path:
     ax.set(xticks=range(len(cm)), yticks=range(len(cm)), xticklabels=ticks, yticklabels=ticks)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -192,11 +193,14 @@ def write_confusion(best: pd.Series, path: Path) -> str:
     if best.get("ckpt"):
         try:
             plot_confusion(confusion_matrix(best["dir"], best["ckpt"]), path, title)
-            return f"recomputed from `{best['ckpt']}` on the test split"
+            # relative to the report when it lies below it: the report then moves with its runs
+            ckpt, here = Path(best["ckpt"]).absolute(), path.parent.absolute()
+            shown = ckpt.relative_to(here) if ckpt.is_relative_to(here) else ckpt
+            return f"recomputed from `{shown}` on the test split"
         except Exception as err:  # missing data dir, unreadable checkpoint...
             log.warning("cannot recompute the confusion matrix (%s); using the logged one", err)
     png = logged_confusion_png(best["dir"])
     if png is None:
         return "not available (no checkpoint/test data and no logged test/confusion_matrix)"
-    path.write_bytes(png)
+    atomic_write_bytes(path, png)
     return "the `test/confusion_matrix` image logged during training"

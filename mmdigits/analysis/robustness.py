@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from mmdigits.models.module import MultimodalModule
+from mmdigits.utils.io import atomic_savefig
 
 NOISE_LEVELS = (0.0, 0.25, 0.5, 1.0, 2.0)
 MISSING_LEVELS = (0.0, 0.25, 0.5, 1.0)
@@ -121,7 +122,7 @@ def write_outputs(rows: list[dict[str, Any]], out_dir: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "robustness.png", dpi=120)
+    atomic_savefig(fig, out_dir / "robustness.png", dpi=120)
     plt.close(fig)
 
 

@@ -57,8 +57,11 @@ def _yaml(path: Path) -> Any:
 
 
 def checkpoint_path(run_dir: Path, metrics: dict[str, Any]) -> Path | None:
-    """The run's best checkpoint (metrics.json's path, else the run's checkpoints/ folder)."""
+    """The run's best checkpoint: metrics.json's file in this run's checkpoints/ folder (the run may have been
+    moved or copied since), else metrics.json's path, else the folder's last epoch checkpoint."""
     best = metrics.get("best_model_path") or metrics.get("ckpt_path")
+    if best and (run_dir / "checkpoints" / Path(best).name).is_file():
+        return run_dir / "checkpoints" / Path(best).name
     if best and Path(best).is_file():
         return Path(best)
     ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))

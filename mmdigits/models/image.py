@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from mmdigits.models.layers import MaxPool2x2
+
 
 class CNNEncoder(nn.Module):
     """The seed notebook's MNIST CNN (widths configurable).
@@ -50,7 +52,7 @@ class LeNetEncoder(nn.Module):
 
         def stage() -> list[nn.Module]:
             # max pooling commutes with ReLU: pooling first leaves ReLU a quarter of the values (same output)
-            return [nn.MaxPool2d(2), A()] if act == "relu" else [A(), nn.AvgPool2d(2)]
+            return [MaxPool2x2(), A()] if act == "relu" else [A(), nn.AvgPool2d(2)]
 
         self.net = nn.Sequential(
             nn.Conv2d(1, 6, 5, padding=2), *stage(),
@@ -137,7 +139,7 @@ class ConvEncoder(nn.Module):
                 ]
                 c = width
             if i < len(spec) - 1:
-                layers.insert(-1, nn.MaxPool2d(2))  # before the stage's last ReLU: same output, less work
+                layers.insert(-1, MaxPool2x2())  # before the stage's last ReLU: same output, less work
                 side //= 2
         layers += [nn.Flatten(), nn.Linear(c * side * side, head, bias=False), nn.BatchNorm1d(head)]
         self.net = nn.Sequential(*layers, nn.ReLU(inplace=True))

@@ -54,6 +54,26 @@ def pool_width(channels: int, mode: str) -> int:
     return 2 * channels if mode == "meanmax" else channels
 
 
+class MaxPool2x2(nn.MaxPool2d):
+    """``nn.MaxPool2d(2)`` with a faster path where no gradient is needed (inference, validation).
+
+    There it takes the max of the four strided sub-grids: the same values, several times faster on CPU for
+    the few-channel maps of the image encoders. Training keeps ``max_pool2d``, whose gradient goes to one
+    element of a tied window (``torch.maximum`` would split it, and zero backgrounds tie often).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return super().forward(x)
+        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # floor mode: an odd last row/column is dropped
+        top, bottom = x[..., 0:h:2, 0:w:2], x[..., 1:h:2, 0:w:2]
+        top_r, bottom_r = x[..., 0:h:2, 1:w:2], x[..., 1:h:2, 1:w:2]
+        return torch.maximum(torch.maximum(top, top_r), torch.maximum(bottom, bottom_r))
+
+
 class MaskedBatchNorm(nn.BatchNorm1d):
     """BatchNorm over dim 1 of any (B, C, ...) tensor whose batch statistics use only valid positions.
 

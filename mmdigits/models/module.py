@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from lightning import LightningModule
+from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics import CatMetric, MaxMetric, MeanMetric
@@ -22,6 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from mmdigits.models.augment import freq_mask, random_affine, random_shift, speed_perturb, time_mask
 from mmdigits.models.fusion import FusionOutput
 from mmdigits.models.layers import lengths_to_mask
+from mmdigits.models.schedule import build_scheduler, check_resume_budget, spans_max_epochs
 from mmdigits.tasks import MODALITIES, N_DIGITS, get_task
 
 # buffers added after checkpoints were first written: loading an older checkpoint keeps their defaults
@@ -311,6 +313,7 @@ class MultimodalModule(LightningModule):
         # val_logits is filled only for binary tasks with threshold_from_val (see _step)
         if self.val_logits.update_called and not self.trainer.sanity_checking:  # sanity: untrained model
             self._tune_threshold(self.val_logits.compute(), self.val_targets.compute().bool())
+            self._share_shift_with_averaged_weights()
             self.log("val/logit_shift", self.val_logit_shift, sync_dist=True)
         self.val_logits.reset()
         self.val_targets.reset()
@@ -329,6 +332,15 @@ class MultimodalModule(LightningModule):
         acc = ((logits[None, :] + extra[:, None] > 0) == target[None, :]).float().mean(1)
         best = torch.nonzero(acc >= acc.max() - 1e-9).flatten()
         self.val_logit_shift.copy_(grid[best[len(best) // 2]])  # middle of the best candidates
+
+    def _share_shift_with_averaged_weights(self) -> None:
+        """With EMA (Lightning's WeightAveraging) the averaged copy is validated, saved and tested, and its
+        buffers are swapped with ours around validation and averaged every step. The shift tuned on its
+        predictions goes into both copies: it is neither swapped back out nor averaged with stale values."""
+        for callback in self.trainer.callbacks:  # type: ignore[attr-defined]
+            averaged = getattr(callback, "_average_model", None)
+            if isinstance(callback, WeightAveraging) and averaged is not None:
+                averaged.module.val_logit_shift.copy_(self.val_logit_shift)
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute(), sync_dist=True)
@@ -363,17 +375,19 @@ class MultimodalModule(LightningModule):
                 plt.close(fig)
 
     # ------------------------------------------------------------------ optimisers
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and spans_max_epochs(plain(self.hparams.scheduler)):
+            checkpoint["schedule_epochs"] = self.trainer.max_epochs
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            started = checkpoint.get("schedule_epochs")
+            check_resume_budget(self.trainer.ckpt_path, started, self.trainer.max_epochs)
+
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER)(params=self.parameters())
         sched_cfg = plain(self.hparams.scheduler)
         if sched_cfg is None:
             return optimizer
-        sched_cfg = dict(sched_cfg)
-        interval = sched_cfg.pop("interval", "epoch")
-        if sched_cfg.get("_target_", "").endswith("OneCycleLR") and "total_steps" not in sched_cfg:
-            sched_cfg["total_steps"] = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = instantiate(sched_cfg)(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": "val/acc"},
-        }
+        scheduler = build_scheduler(sched_cfg, optimizer, self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
