@@ -15,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 from lightning import LightningModule
 from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics import CatMetric, MaxMetric, MeanMetric
@@ -380,7 +381,7 @@ class MultimodalModule(LightningModule):
             checkpoint["schedule_epochs"] = self.trainer.max_epochs
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._trainer is not None and self.trainer.state.fn == "fit":
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             started = checkpoint.get("schedule_epochs")
             check_resume_budget(self.trainer.ckpt_path, started, self.trainer.max_epochs)
 
