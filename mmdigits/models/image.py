@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mmdigits.models.layers import MaxPool2x2
+from mmdigits.models.layers import MaxPool2x2, conv_maxpool2x2
 
 
 class CNNEncoder(nn.Module):
@@ -59,9 +59,13 @@ class LeNetEncoder(nn.Module):
             nn.Conv2d(6, 16, 5), *stage(),
             nn.Flatten(), nn.Linear(16 * 5 * 5, 120), A(), nn.Linear(120, 84), A(),
         )  # fmt: skip
+        self.act = act
         self.out_dim = 84
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.act == "relu" and not torch.is_grad_enabled():
+            # inference: first conv and its pooling as one conv (conv_maxpool2x2), then ReLU onwards
+            return self.net[2:](conv_maxpool2x2(x, self.net[0]))
         return self.net(x)
 
 
