@@ -72,7 +72,10 @@ class LSTMEncoder(nn.Module):
 
 
 class MaskedConv1dStack(nn.Module):
-    """Conv1d('same' padding, per-layer stride) -> masked BN -> ReLU -> channel Dropout, exact lengths."""
+    """Conv1d('same' padding, per-layer stride) -> masked BN -> ReLU -> channel Dropout, exact lengths.
+
+    In eval mode without autograd each BN is folded into its conv (one op instead of two; same features).
+    """
 
     def __init__(
         self, in_dim: int, channels: Sequence[int], kernel_size: int, strides: Sequence[int], dropout: float
@@ -94,7 +97,7 @@ class MaskedConv1dStack(nn.Module):
         """x (B,T,C) -> (B,T',C') with zeros past the new lengths, and the new lengths."""
         x = x.transpose(1, 2)
         x = x * lengths_to_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)
-        # inference: each BN folded into its conv, ReLU and mask in place (no dropout in eval)
+        # ReLU and mask in place: no autograd needs the pre-activation values (no dropout in eval)
         folded = not self.training and not torch.is_grad_enabled() and self.norms[0].track_running_stats
         for conv, norm, s in zip(self.convs, self.norms, self.strides):
             lengths = conv_out_lengths(lengths, self.k, s, self.k // 2)
