@@ -79,9 +79,9 @@ def conv_maxpool2x2(x: Tensor, conv: nn.Conv2d) -> Tensor:
 
     Each pooled output is the max of four conv outputs at offsets (a, b) in {0, 1}^2; a (k+1)x(k+1)
     kernel holding the k x k one at offset (a, b), applied with stride 2, gives phase (a, b). The
-    bias is the same in every phase, so it is added after the max. oneDNN runs this about twice as
-    fast as a stride-1 conv with one input channel (LeNet's first layer), though it does 1.44x the
-    multiply-adds for k = 5. Same values up to float rounding; floor mode, as ``max_pool2d``.
+    bias is the same in every phase, so it is added after the max. For LeNet's first layer (one input
+    channel, where oneDNN's stride-1 kernels are slow) it ran about 1.3x faster than conv then pool,
+    though it does 1.44x the multiply-adds. Same values up to float rounding; floor mode, as ``max_pool2d``.
     """
     k = conv.kernel_size
     assert conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1, "stride-1 dense conv only"
