@@ -97,17 +97,13 @@ class MaskedConv1dStack(nn.Module):
         """x (B,T,C) -> (B,T',C') with zeros past the new lengths, and the new lengths."""
         x = x.transpose(1, 2)
         x = x * lengths_to_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)
-        # ReLU and mask in place: no autograd needs the pre-activation values (no dropout in eval)
         folded = not self.training and not torch.is_grad_enabled() and self.norms[0].track_running_stats
         for conv, norm, s in zip(self.convs, self.norms, self.strides):
+            x = F.conv1d(x, *norm.fold_into(conv.weight), s, conv.padding) if folded else conv(x)
             lengths = conv_out_lengths(lengths, self.k, s, self.k // 2)
-            if folded:
-                x = F.conv1d(x, *norm.fold_into(conv.weight), s, conv.padding)
-                x = x.relu_().mul_(lengths_to_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype))
-                continue
-            x = conv(x)
             mask = lengths_to_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)
-            x = self.drop(torch.relu(norm(x, mask)))
+            # folded: ReLU and mask in place, as no autograd needs the values before them (no dropout in eval)
+            x = x.relu_().mul_(mask) if folded else self.drop(torch.relu(norm(x, mask)))
         return x.transpose(1, 2), lengths
 
 
