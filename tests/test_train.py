@@ -120,8 +120,13 @@ def test_resume_continues_epoch_counter(tmp_path, tiny_dataset_dir):
     assert torch.load(last, weights_only=False)["epoch"] == 1
 
 
-def test_evaluate_reproduces_train_test_metrics(tmp_path, tiny_dataset_dir):
-    metrics = run_train(tmp_path / "train", tiny_dataset_dir, "trainer.max_epochs=2")
+@pytest.mark.parametrize("callbacks", ["default", "[default,ema]"])
+def test_evaluate_reproduces_train_test_metrics(callbacks, tmp_path, tiny_dataset_dir):
+    """With EMA both score the checkpoint's averaged weights (Lightning's WeightAveraging, left holding its
+    copy after fit, would otherwise put the raw training weights back for the test after training)."""
+    metrics = run_train(
+        tmp_path / "train", tiny_dataset_dir, "trainer.max_epochs=2", f"callbacks={callbacks}"
+    )
     cfg = compose_cfg(
         "evaluate",
         [
@@ -133,7 +138,7 @@ def test_evaluate_reproduces_train_test_metrics(tmp_path, tiny_dataset_dir):
         tmp_path / "eval",
     )
     again = evaluate(cfg)
-    for key in ("test/acc", "test/f1", "test/auroc"):
+    for key in ("test/acc", "test/f1", "test/auroc", "test/loss"):
         assert again[key] == pytest.approx(metrics[key], abs=1e-6), key
 
 

@@ -384,6 +384,9 @@ class MultimodalModule(LightningModule):
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             started = checkpoint.get("schedule_epochs")
             check_resume_budget(self.trainer.ckpt_path, started, self.trainer.max_epochs)
+        elif "current_model_state" in checkpoint:  # an EMA checkpoint tested by the trainer that fit it:
+            # WeightAveraging, still holding its copy, would reload the raw weights over the averaged ones
+            checkpoint["current_model_state"] = checkpoint["state_dict"]
 
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER)(params=self.parameters())
