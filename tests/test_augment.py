@@ -63,3 +63,37 @@ def test_random_affine_keeps_shape_background_and_ink():
     assert ((out - -0.4).abs().sum((1, 2, 3)) > 0.5 * (img - -0.4).abs().sum((1, 2, 3))).all()  # ink kept
     same = random_affine(img, degrees=0, scale=0, shift=0)
     torch.testing.assert_close(same, img, atol=1e-5, rtol=1e-5)
+
+
+def test_smooth_noise_matches_full_grid_gaussian_noise_in_spread_and_smoothness():
+    from mmdigits.models.augment import smooth_noise
+
+    torch.manual_seed(0)
+    field = smooth_noise((2000, 2, 28, 28), sigma=4.0, device=torch.device("cpu"))
+    x = torch.arange(28.0)
+    k = torch.exp(-0.5 * ((x[:, None] - x[None, :]) / 4.0) ** 2)
+    k = k / k[14].sum()
+    ref = k @ (torch.rand(4000, 28, 28) * 2 - 1) @ k.T  # the textbook field: every pixel's noise, blurred
+    inner = (slice(None), slice(None), slice(8, 20), slice(8, 20))
+    assert abs(field[inner].std() / ref[:, 8:20, 8:20].std() - 1) < 0.05
+    step = (field[..., 1:] - field[..., :-1]).std() / field.std()  # neighbours nearly equal: a smooth field
+    ref_step = (ref[..., 1:] - ref[..., :-1]).std() / ref.std()
+    assert step < 0.3 and abs(step / ref_step - 1) < 0.2
+    assert abs(field.mean()) < 0.01
+
+
+def test_random_affine_elastic_bends_strokes_and_keeps_the_paper():
+    from mmdigits.models.augment import random_affine
+
+    img = torch.full((64, 1, 28, 28), -0.4)
+    img[:, :, 4:24, 13:15] = 2.5  # a vertical stroke
+    torch.manual_seed(1)
+    plain = random_affine(img, degrees=0, scale=0, shift=0)
+    torch.manual_seed(1)
+    bent = random_affine(img, degrees=0, scale=0, shift=0, elastic=34.0, sigma=4.0)
+    torch.testing.assert_close(plain, img, atol=1e-5, rtol=1e-5)
+    moved = (bent - img).abs().amax((1, 2, 3))
+    assert (moved > 0.5).float().mean() > 0.9  # nearly every stroke is displaced
+    assert torch.isclose(bent[:, :, 0, 0], torch.tensor(-0.4)).all()
+    ink = (bent + 0.4).sum((1, 2, 3)) / (img + 0.4).sum((1, 2, 3))
+    assert ((ink > 0.4) & (ink < 1.6)).all()  # bent, not torn away or smeared over the page

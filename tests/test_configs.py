@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -163,3 +164,11 @@ def test_augment_group_is_off_by_default_and_shared_by_the_recipes(tmp_path):
     # a key given on the command line still wins over the group
     cli = compose_cfg("train", ["experiment=match_only", "model.audio_speed=0.3"], tmp_path)
     assert cli.model.audio_speed == 0.3
+
+
+def test_a_misspelt_image_affine_key_fails_when_the_model_is_built(tmp_path):
+    cfg = compose_cfg("train", ["experiment=image_only", "+model.image_affine.elastc=34"], tmp_path)
+    with pytest.raises(InstantiationException, match=r"ValueError.*model.image_affine=.*elastc.*it takes"):
+        instantiate(cfg.model)
+    cfg = compose_cfg("train", ["experiment=image_only", "+model.image_affine.elastic=34"], tmp_path)
+    assert instantiate(cfg.model).hparams.image_affine["elastic"] == 34

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -60,9 +61,29 @@ def freq_mask(audio: Tensor, width: int) -> Tensor:
     return audio * keep.unsqueeze(1).to(audio.dtype)
 
 
-def random_affine(image: Tensor, degrees: float, scale: float, shift: float) -> Tensor:
+def smooth_noise(shape: tuple[int, ...], sigma: float, device: torch.device) -> Tensor:
+    """A random field of ``shape`` (B, C, H, W): uniform noise in [-1, 1] per pixel smoothed by a Gaussian of
+    ``sigma`` pixels. Computed cheaply from noise on every other pixel (a quarter of the random numbers),
+    rescaled to the same spread, as two matrix products; ``sigma`` should be a few pixels."""
+    B, C, H, W = shape
+
+    def blur(n: int) -> Tensor:  # (n, ceil(n / 2)): from the coarse grid to every pixel
+        x = torch.arange(n, device=device, dtype=torch.float32)
+        k = torch.exp(-0.5 * ((x[:, None] - x[None, ::2]) / sigma) ** 2)
+        full = torch.exp(-0.5 * ((x - x[n // 2]) / sigma) ** 2).sum()
+        return math.sqrt(2) * k / full  # a quarter as many samples: sqrt(2) per axis keeps the variance
+
+    noise = torch.rand(B * C, (H + 1) // 2, (W + 1) // 2, device=device) * 2 - 1
+    return (blur(H) @ noise @ blur(W).T).view(B, C, H, W)
+
+
+def random_affine(
+    image: Tensor, degrees: float, scale: float, shift: float, elastic: float = 0.0, sigma: float = 4.0
+) -> Tensor:
     """A random rotation (up to ``degrees``), zoom (by up to ``scale``) and translation (up to ``shift``
-    pixels) per image, bilinear, with zeros (the normalised background shifts) filled in."""
+    pixels) per image, bilinear, with zeros (the normalised background shifts) filled in. ``elastic`` > 0
+    adds an elastic distortion (Simard et al. 2003) in the same resampling: a displacement field of uniform
+    noise smoothed by a Gaussian of ``sigma`` pixels and scaled by ``elastic`` pixels (34 and 4 there)."""
     B, _, H, W = image.shape
     dev = image.device
     angle = (torch.rand(B, device=dev) * 2 - 1) * math.radians(degrees)
@@ -71,5 +92,21 @@ def random_affine(image: Tensor, degrees: float, scale: float, shift: float) -> 
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     theta = torch.stack([torch.stack([cos, -sin, move[:, 0]], 1), torch.stack([sin, cos, move[:, 1]], 1)], 1)
     grid = F.affine_grid(theta.to(image.dtype), list(image.shape), align_corners=False)
+    if elastic > 0:
+        field = smooth_noise((B, 2, H, W), sigma, dev) * elastic  # pixels; grid units are 2 / side
+        field = field * (2 / torch.tensor([W, H], device=dev)).view(1, 2, 1, 1)
+        grid = grid + field.permute(0, 2, 3, 1).to(grid.dtype)
     background = image.amin(dim=(1, 2, 3), keepdim=True)  # the blank paper, after normalisation
     return F.grid_sample(image - background, grid, align_corners=False) + background
+
+
+def check_affine(params: dict | None) -> dict | None:
+    """``params`` for :func:`random_affine` (``model.image_affine``), checked when the model is built rather
+    than at the first training step."""
+    if params:
+        try:
+            inspect.signature(random_affine).bind(None, **params)
+        except TypeError as err:
+            names = list(inspect.signature(random_affine).parameters)[1:]
+            raise ValueError(f"model.image_affine={params}: {err}; it takes {names}") from None
+    return params

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torchmetrics import CatMetric, MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mmdigits.models.augment import freq_mask, random_affine, random_shift, speed_perturb, time_mask
+from mmdigits.models import augment as aug
 from mmdigits.models.fusion import FusionOutput
 from mmdigits.models.layers import lengths_to_mask
 from mmdigits.models.schedule import build_scheduler, check_resume_budget, spans_max_epochs
@@ -96,7 +96,7 @@ class MultimodalModule(LightningModule):
         super().__init__()
         audio_encoder, image_encoder, fusion = plain(audio_encoder), plain(image_encoder), plain(fusion)
         optimizer, scheduler, data_info = plain(optimizer), plain(scheduler), plain(data_info)
-        image_affine = plain(image_affine)
+        image_affine = aug.check_affine(plain(image_affine))
         self.save_hyperparameters(logger=False)  # reads the (now plain) arguments
         self.task = get_task(task)
         given = {"image": image_encoder, "audio": audio_encoder}
@@ -183,9 +183,9 @@ class MultimodalModule(LightningModule):
         if self.image_encoder is not None:
             image = (batch["image"].float() / 255.0 - self.image_mean) / self.image_std
             if self.training and self.hparams.image_shift > 0:
-                image = random_shift(image, self.hparams.image_shift)
+                image = aug.random_shift(image, self.hparams.image_shift)
             if self.training and self.hparams.image_affine:
-                image = random_affine(image, **self.hparams.image_affine)
+                image = aug.random_affine(image, **self.hparams.image_affine)
             if self.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
             feats.append(self.image_encoder(image))
@@ -201,11 +201,11 @@ class MultimodalModule(LightningModule):
     def _augment_audio(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         hp = self.hparams
         if hp.audio_speed > 0:
-            audio, lengths = speed_perturb(audio, lengths, hp.audio_speed)
+            audio, lengths = aug.speed_perturb(audio, lengths, hp.audio_speed)
         if hp.audio_time_mask > 0:
-            audio = time_mask(audio, lengths, hp.audio_time_mask)
+            audio = aug.time_mask(audio, lengths, hp.audio_time_mask)
         if hp.audio_freq_mask > 0:
-            audio = freq_mask(audio, hp.audio_freq_mask)
+            audio = aug.freq_mask(audio, hp.audio_freq_mask)
         return audio, lengths
 
     def _modality_dropout(self, feats: list[Tensor]) -> list[Tensor]:
