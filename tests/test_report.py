@@ -110,6 +110,11 @@ def test_report_tables_curves_and_confusion(runs, tmp_path):
     assert " ± " in summary and "test/auroc" in report.split("## Every run")[1]
     # from the copy's own checkpoint, named relative to the report: the folder can be moved as a whole
     assert f"recomputed from `sweep/{Path(row['dir']).name}/checkpoints/epoch_" in report
+    # written elsewhere (as experiments/ reports are), it names the checkpoint as the tables name the run
+    elsewhere = write_report([out / "sweep"], metric="val/acc_best", out_dir=tmp_path / "shared").read_text()
+    best = sort_runs(runs_frame([out / "sweep"]), "val/acc_best").iloc[0]
+    assert f"recomputed from `{best['run']}/checkpoints/epoch_" in elsewhere
+    assert str(tmp_path) not in elsewhere
     for name in ("curves.png", "confusion.png"):
         assert (out / name).stat().st_size > 1000
 
