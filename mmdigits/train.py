@@ -79,6 +79,7 @@ def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
             lg.log_hyperparams(hparams_for_logging(cfg))
 
     trust = bool(cfg.get("trust_checkpoint", False))
+    reason = None  # read right after fit: the test below reloads the Timer's saved time on top of its own
     if cfg.get("train", True):
         ckpt = resolve_ckpt_path(ckpt_path, output_dir)
         if ckpt is not None:
@@ -113,7 +114,7 @@ def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
             "best_model_path": best,
             "epochs": trainer.current_epoch,
             "max_epochs": cfg.trainer.max_epochs,
-            "stopped_by": stopped_by(trainer) if cfg.get("train", True) else None,
+            "stopped_by": reason,
             "global_step": trainer.global_step,
             "wall_time_s": round(time.perf_counter() - start, 2),
             "config_hash": config_hash(cfg),

@@ -142,6 +142,23 @@ def test_evaluate_reproduces_train_test_metrics(callbacks, tmp_path, tiny_datase
         assert again[key] == pytest.approx(metrics[key], abs=1e-6), key
 
 
+def test_stopped_by_reports_the_fit_not_the_test_reload(tmp_path, tiny_dataset_dir, monkeypatch):
+    """Testing the best checkpoint reloads the Timer's saved training time on top of the fit's own: a run that
+    finished its epochs was recorded as cut short by trainer.max_time once its training took half the cap."""
+    from lightning.pytorch.callbacks import Timer
+
+    saved = Timer.state_dict
+
+    def long_ago(self):  # as if each checkpoint had been saved after 10 minutes of training
+        state = saved(self)
+        return {**state, "time_elapsed": {**state["time_elapsed"], "train": 600.0}}
+
+    monkeypatch.setattr(Timer, "state_dict", long_ago)
+    metrics = run_train(tmp_path, tiny_dataset_dir, "trainer.max_epochs=1", "trainer.max_time=00:00:05:00")
+    assert "test/acc" in metrics and metrics["epochs"] == 1
+    assert metrics["stopped_by"] == "max_epochs"
+
+
 @pytest.fixture(scope="module")
 def big_test_dir(tmp_path_factory, tiny_raw_dir):
     """Tiny corpora, but the challenge's 15,000 test pairs."""
