@@ -195,15 +195,14 @@ def write_confusion(best: pd.Series, path: Path) -> str:
             plot_confusion(confusion_matrix(best["dir"], best["ckpt"]), path, title)
             # relative to the report when it lies below it (the report then moves with its runs), else under
             # the run's name in the tables: a shared report shows no one's home directory
-            ckpt, here, run = (
-                Path(best["ckpt"]).absolute(),
-                path.parent.absolute(),
-                Path(best["dir"]).absolute(),
-            )
+            ckpt = Path(best["ckpt"]).absolute()
+            here, run = path.parent.absolute(), Path(best["dir"]).absolute()
             if ckpt.is_relative_to(here):
                 shown = ckpt.relative_to(here)
+            elif ckpt.is_relative_to(run):
+                shown = Path(best["run"]) / ckpt.relative_to(run)
             else:
-                shown = Path(best["run"]) / ckpt.relative_to(run) if ckpt.is_relative_to(run) else ckpt
+                shown = ckpt
             return f"recomputed from `{shown}` on the test split"
         except Exception as err:  # missing data dir, unreadable checkpoint...
             log.warning("cannot recompute the confusion matrix (%s); using the logged one", err)

@@ -103,10 +103,11 @@ def random_affine(
 def check_affine(params: dict | None) -> dict | None:
     """``params`` for :func:`random_affine` (``model.image_affine``), checked when the model is built rather
     than at the first training step."""
+    signature = inspect.signature(random_affine)
     if params:
         try:
-            inspect.signature(random_affine).bind(None, **params)
+            signature.bind(None, **params)
         except TypeError as err:
-            names = list(inspect.signature(random_affine).parameters)[1:]
+            names = list(signature.parameters)[1:]
             raise ValueError(f"model.image_affine={params}: {err}; it takes {names}") from None
     return params
