@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mmdigits.models.augment import freq_mask, speed_perturb, time_mask
+from mmdigits.models.augment import cepstral_warp, freq_mask, speed_perturb, time_mask
 from mmdigits.models.layers import lengths_to_mask, with_deltas
 
 
@@ -40,6 +40,35 @@ def test_time_and_freq_masks_zero_bounded_blocks():
     cols = (f == 0).all(1)  # coefficients zeroed over every frame of a row
     assert (cols.sum(1) <= 3).all() and (cols.sum(1) >= 0).all()
     assert torch.equal(f[f != 0], x[f != 0])
+
+
+def test_cepstral_warp_stretches_the_envelope_and_keeps_padding_zero():
+    import math
+
+    x, lens = _batch([1, 6, 40])
+    mean, std = torch.linspace(-2, 2, 13), torch.linspace(0.5, 3, 13)
+    torch.testing.assert_close(cepstral_warp(x, lens, 0.0, mean, std), x, atol=1e-5, rtol=0)  # factor 1
+    torch.manual_seed(0)
+    out = cepstral_warp(x, lens, 0.2, mean, std)
+    valid = lengths_to_mask(lens, 40)
+    assert (out[~valid] == 0).all() and (out[valid] - x[valid]).abs().mean() > 0.05
+    bands, c = 24, torch.tensor([3.0, 1.0, -0.5, 0.3, 0.2] + [0.0] * 8)  # a smooth log-mel envelope
+
+    def envelope(coeffs: torch.Tensor, stretch: float) -> torch.Tensor:
+        k, m = torch.arange(13.0), (torch.arange(bands) + 0.5) / stretch
+        scale = torch.full((13,), math.sqrt(2 / bands))
+        scale[0] = math.sqrt(1 / bands)
+        basis = scale[:, None] * torch.cos(math.pi * k[:, None] * m[None, :] / bands)
+        return (basis * coeffs[:, None]).sum(0)
+
+    torch.manual_seed(1)
+    warped = cepstral_warp(c.view(1, 1, 13), torch.tensor([1]), 0.1, torch.zeros(13), torch.ones(13))
+    torch.manual_seed(1)
+    stretch = 1 + (torch.rand(1).item() * 2 - 1) * 0.1  # the factor the warp drew
+    assert abs(stretch - 1) > 0.02
+    # its coefficients describe the stretched envelope (up to the 13-term truncation), not the original one
+    err = (envelope(warped.view(13), 1.0) - envelope(c, stretch)).abs().max()
+    assert err < 0.01 < (envelope(c, 1.0) - envelope(c, stretch)).abs().max()
 
 
 def test_deltas_are_padding_invariant():

@@ -170,3 +170,25 @@ def test_one_step_runs_every_head_once(fusion):
     loss = model._step(batch, "train")
     loss.backward()
     assert len(calls) == 2  # one call per modality head
+
+
+def test_audio_warp_augments_training_batches_only():
+    """model.audio_warp warps the raw coefficients in training (the encoder sees other values, zero past
+    each length); evaluation reads the batch as it is."""
+    model = MultimodalModule(
+        task="audio_digit", audio_encoder={"_target_": "mmdigits.models.audio.CNN1dEncoder"}, audio_warp=0.2
+    )
+    model.audio_mean.fill_(-3.0)  # as set from the training data: the warp must map raw MFCCs, not z-scores
+    model.audio_std.fill_(2.0)
+    seen = []
+    model.audio_encoder.register_forward_hook(lambda _m, args, _out: seen.append(args[0].clone()))
+    g = torch.Generator().manual_seed(0)
+    batch = {"audio": torch.randn(4, 30, 13, generator=g), "lengths": torch.tensor([30, 12, 5, 1])}
+    torch.manual_seed(0)
+    model.train().encode(batch)
+    model.eval().encode(batch)
+    trained, evaluated = seen
+    pad = torch.arange(30)[None, :] >= batch["lengths"][:, None]
+    assert (trained[pad] == 0).all() and (evaluated[pad] == 0).all()
+    torch.testing.assert_close(evaluated[~pad], (batch["audio"][~pad] + 3.0) / 2.0)
+    assert (trained[~pad] - evaluated[~pad]).abs().mean() > 0.05

@@ -113,7 +113,8 @@ class MaskedConv1dStack(nn.Module):
 
 class CNN1dEncoder(nn.Module):
     """Conv1d stack over time + masked pooling over valid frames; ``deltas`` adds the MFCCs' first
-    differences as 13 more input channels.
+    differences as 13 more input channels, ``cmn`` the MFCCs minus their utterance's mean (cepstral mean
+    normalisation: a speaker's and a channel's constant offset removed) as 13 more.
 
     ``out_dim`` = ``channels[-1]`` (x2 for ``pool='meanmax'``; default 256).
     """
@@ -127,15 +128,22 @@ class CNN1dEncoder(nn.Module):
         dropout: float = 0.1,
         pool: str = "meanmax",
         deltas: bool = False,
+        cmn: bool = False,
     ) -> None:
         super().__init__()
-        self.deltas = deltas
-        self.convs = MaskedConv1dStack(in_dim * (2 if deltas else 1), channels, kernel_size, strides, dropout)
+        self.deltas, self.cmn = deltas, cmn
+        width = in_dim * (1 + deltas + cmn)
+        self.convs = MaskedConv1dStack(width, channels, kernel_size, strides, dropout)
         self.pool = pool
         self.out_dim = pool_width(self.convs.out_channels, pool)
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        h, lengths = self.convs(with_deltas(x, lengths) if self.deltas else x, lengths)
+        feats = with_deltas(x, lengths) if self.deltas else x
+        if self.cmn:
+            mask = lengths_to_mask(lengths, x.shape[1])
+            centred = (x - masked_mean(x, mask).unsqueeze(1)) * mask.unsqueeze(-1).to(x.dtype)
+            feats = torch.cat([feats, centred], dim=-1)
+        h, lengths = self.convs(feats, lengths)
         return masked_pool(h, lengths_to_mask(lengths, h.shape[1]), self.pool)
 
 

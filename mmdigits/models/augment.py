@@ -61,6 +61,30 @@ def freq_mask(audio: Tensor, width: int) -> Tensor:
     return audio * keep.unsqueeze(1).to(audio.dtype)
 
 
+def cepstral_warp(
+    audio: Tensor, lengths: Tensor, amount: float, mean: Tensor, std: Tensor, bands: int = 24
+) -> Tensor:
+    """Vocal-tract-length perturbation in the cepstral domain: another speaker's voice, roughly. Each
+    utterance's MFCCs (un-normalised with ``mean`` and ``std``: the warp maps coefficients, not z-scores) are
+    read as the cosine series of a smooth log-mel envelope over ``bands`` bands, the envelope is stretched
+    along the mel axis by a random factor in [1 - amount, 1 + amount] (reflected at the top band, as the
+    series is), and its DCT is taken again: one C x C matrix per utterance, the identity at factor 1. An
+    approximation where the features were liftered. Returns the batch normalised again, zero past length."""
+    raw = audio * std + mean
+    B, T, C = raw.shape
+    alpha = 1.0 + (torch.rand(B, device=raw.device) * 2 - 1) * amount
+    k = torch.arange(C, device=raw.device, dtype=raw.dtype)
+    m = torch.arange(bands, device=raw.device, dtype=raw.dtype) + 0.5
+    scale = torch.full((C,), math.sqrt(2.0 / bands), device=raw.device, dtype=raw.dtype)
+    scale[0] = math.sqrt(1.0 / bands)
+    dct = scale[:, None] * torch.cos(math.pi * k[:, None] * m[None, :] / bands)  # (C, bands), orthonormal
+    pos = m[None, :] / alpha.to(raw.dtype)[:, None]  # where each band reads the unwarped envelope
+    inverse = scale[None, :, None] * torch.cos(math.pi * k[None, :, None] * pos[:, None, :] / bands)
+    warp = torch.einsum("jm,bkm->bjk", dct, inverse)  # (B, C, C)
+    out = (torch.einsum("btk,bjk->btj", raw, warp) - mean) / std
+    return out * lengths_to_mask(lengths, T).unsqueeze(-1).to(out.dtype)
+
+
 def smooth_noise(shape: tuple[int, ...], sigma: float, device: torch.device) -> Tensor:
     """A random field of ``shape`` (B, C, H, W): uniform noise in [-1, 1] per pixel smoothed by a Gaussian of
     ``sigma`` pixels. Computed cheaply from noise on every other pixel (a quarter of the random numbers),

@@ -87,6 +87,7 @@ class MultimodalModule(LightningModule):
         audio_time_mask: int = 0,
         audio_freq_mask: int = 0,
         audio_speed: float = 0.0,
+        audio_warp: float = 0.0,
         image_shift: int = 0,
         image_affine: dict | None = None,
         channels_last: bool = True,
@@ -200,6 +201,8 @@ class MultimodalModule(LightningModule):
 
     def _augment_audio(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         hp = self.hparams
+        if hp.audio_warp > 0:
+            audio = aug.cepstral_warp(audio, lengths, hp.audio_warp, self.audio_mean, self.audio_std)
         if hp.audio_speed > 0:
             audio, lengths = aug.speed_perturb(audio, lengths, hp.audio_speed)
         if hp.audio_time_mask > 0:
