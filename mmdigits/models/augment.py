@@ -77,9 +77,12 @@ def cepstral_warp(
     m = torch.arange(bands, device=raw.device, dtype=raw.dtype) + 0.5
     scale = torch.full((C,), math.sqrt(2.0 / bands), device=raw.device, dtype=raw.dtype)
     scale[0] = math.sqrt(1.0 / bands)
-    dct = scale[:, None] * torch.cos(math.pi * k[:, None] * m[None, :] / bands)  # (C, bands), orthonormal
-    pos = m[None, :] / alpha.to(raw.dtype)[:, None]  # where each band reads the unwarped envelope
-    inverse = scale[None, :, None] * torch.cos(math.pi * k[None, :, None] * pos[:, None, :] / bands)
+
+    def cosines(pos: Tensor) -> Tensor:  # (..., bands) band positions -> (..., C, bands)
+        return scale[:, None] * torch.cos(math.pi * k[:, None] * pos[..., None, :] / bands)
+
+    # the DCT (orthonormal rows), and its inverse read where each band finds the unwarped envelope
+    dct, inverse = cosines(m), cosines(m / alpha.to(raw.dtype)[:, None])
     warp = torch.einsum("jm,bkm->bjk", dct, inverse)  # (B, C, C)
     out = (torch.einsum("btk,bjk->btj", raw, warp) - mean) / std
     return out * lengths_to_mask(lengths, T).unsqueeze(-1).to(out.dtype)
