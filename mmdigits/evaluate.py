@@ -1,4 +1,7 @@
-"""Re-test a checkpoint on the test split: ``python -m mmdigits.evaluate ckpt_path=...``."""
+"""Re-test a checkpoint on the test split: ``python -m mmdigits.evaluate ckpt_path=...``.
+
+``ckpt_path=[a.ckpt,b.ckpt,...]`` tests an ensemble: the mean of the members' probabilities per pair.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mmdigits.errors import MMDigitsError
+from mmdigits.models.ensemble import check_members, checkpoint_paths, score_ensemble
 from mmdigits.models.loading import load_model_and_data
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.run import metrics_to_floats, write_json
@@ -20,16 +24,25 @@ log = logging.getLogger("mmdigits.evaluate")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Test the checkpoint's model on ``cfg.data``'s test split; writes ``metrics.json``."""
+    """Test the checkpoint's model (or the ensemble of a list of checkpoints) on ``cfg.data``'s test split;
+    writes ``metrics.json``."""
     L.seed_everything(cfg.get("seed", 0), workers=True)
-    model, datamodule = load_model_and_data(cfg)
+    paths = checkpoint_paths(cfg.ckpt_path)
+    loaded = [load_model_and_data(cfg, p) for p in paths]
+    (model, datamodule), models = loaded[0], [m for m, _ in loaded]
+    check_members(models, paths)
+    if len(models) > 1 and cfg.get("robustness", False):
+        raise MMDigitsError("+robustness=true takes one checkpoint, not an ensemble (ckpt_path=[...])")
     trainer: L.Trainer = instantiate(cfg.trainer)
     datamodule.prepare_data()
     if not datamodule.has_test_labels:
         raise MMDigitsError(f"{cfg.data.dir}: no test labels (match_test.npy), so there is nothing to score")
-    trainer.test(model, datamodule=datamodule)
-    metrics: dict[str, Any] = metrics_to_floats(trainer.callback_metrics)
-    metrics["ckpt_path"] = str(cfg.ckpt_path)
+    if len(models) > 1:
+        metrics: dict[str, Any] = score_ensemble(trainer, models, datamodule)
+    else:
+        trainer.test(model, datamodule=datamodule)
+        metrics = metrics_to_floats(trainer.callback_metrics)
+    metrics["ckpt_path"] = paths if len(paths) > 1 else paths[0]
     if cfg.get("robustness", False):
         from mmdigits.analysis.robustness import robustness_report
 

@@ -24,6 +24,7 @@ from mmdigits.data.challenge import Utterances
 from mmdigits.data.dataset import make_batch, pad_utterances
 from mmdigits.data.media import MfccSettings, load_digit_image, wav_mfcc
 from mmdigits.errors import DataError, MMDigitsError
+from mmdigits.models.ensemble import check_members, checkpoint_paths, mean_proba
 from mmdigits.models.loading import load_checkpoint_model, load_model_and_data
 from mmdigits.models.module import MultimodalModule
 from mmdigits.utils.cli import clean_errors
@@ -33,8 +34,12 @@ log = logging.getLogger("mmdigits.predict")
 
 
 def predict(cfg: DictConfig) -> np.ndarray:
-    """Predict every test pair of ``cfg.data``; saves and returns the result array."""
-    model, datamodule = load_model_and_data(cfg)
+    """Predict every test pair of ``cfg.data`` (a list ``ckpt_path``: the ensemble's mean probability); saves
+    and returns the result array."""
+    paths = checkpoint_paths(cfg.ckpt_path)
+    loaded = [load_model_and_data(cfg, p) for p in paths]
+    (model, datamodule), models = loaded[0], [m for m, _ in loaded]
+    check_members(models, paths)
     out = Path(cfg.output)
     if out.is_dir():
         raise MMDigitsError(f"{out}: is a directory; expected the path of the .npy file to write (output=)")
@@ -44,10 +49,8 @@ def predict(cfg: DictConfig) -> np.ndarray:
     if not len(datamodule.test_set):
         raise DataError(f"{datamodule.dir / 'written_test.npy'}: the test split has no rows to predict")
     start = time.perf_counter()
-    outputs = trainer.predict(model, datamodule=datamodule)
+    proba = mean_proba(trainer, models, datamodule.predict_dataloader())
     seconds = time.perf_counter() - start
-    index = torch.cat([o["index"] for o in outputs])
-    proba = torch.cat([o["proba"] for o in outputs])[torch.argsort(index)]
     result = model.task.submission(proba)
     atomic_save_npy(out, result)
     log.info(
@@ -144,6 +147,8 @@ def format_result(res: dict[str, Any]) -> str:
 
 
 def predict_single(cfg: DictConfig) -> dict[str, Any]:
+    if len(checkpoint_paths(cfg.ckpt_path)) > 1:
+        raise MMDigitsError("one pair (image=/audio=) takes one checkpoint, not a list (ckpt_path=[...])")
     model = load_checkpoint_model(cfg.ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))
     res = predict_pair(model, cfg.get("image"), cfg.get("audio"), name=str(cfg.ckpt_path))
     print(format_result(res), flush=True)

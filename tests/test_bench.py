@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -32,6 +33,14 @@ def test_bench_table(tiny_dataset_dir: Path, capsys: pytest.CaptureFixture[str])
     ]
     table = {r[0].lstrip("| "): r[1:] for r in rows[1:]}
     assert float(table["train pairs/s (default model)"][0]) > 0
+    for name in ("image_only", "audio_only", "default"):
+        bf16, fp32, ratio = table[
+            f"train pairs/s, bf16 autocast vs float32 ({name} model, median of 2 rounds)"
+        ]
+        assert float(bf16) > 0 and float(fp32) > 0
+        assert float(re.match(r"ratio ([\d.]+)", ratio).group(1)) == pytest.approx(
+            float(bf16) / float(fp32), abs=0.01
+        )
     prefixes = ("predict pairs/s, default vs seed (median of 2 rounds", "predict pairs/s, experiment=match_")
     for prefix in prefixes:
         ours, seed, ratio = table[next(k for k in table if k.startswith(prefix))]
@@ -69,16 +78,25 @@ def test_peers_bench_says_how_to_install_a_missing_peer(tiny_dataset_dir, monkey
 
 
 def test_peers_bench_side_by_side(tiny_dataset_dir, tmp_path, capsys):
-    """MiniRocket and our audio-only runs on the same tiny split, one table (CI installs the peers extra)."""
+    """MiniRocket and our audio-only runs on the same tiny split, one table (CI installs the peers extra);
+    ours also as an ensemble of its two runs, scored by evaluate."""
     pytest.importorskip("aeon")
     from mmdigits.bench.peers import main
 
-    args = ["--data-dir", str(tiny_dataset_dir), "--seeds", "0", "1", "--out", str(tmp_path)]
+    args = ["--data-dir", str(tiny_dataset_dir), "--seeds", "0", "--members", "2", "--out", str(tmp_path)]
     assert main([*args, "--experiment", "audio_only"]) == 0
     out = capsys.readouterr().out
     rows = [r for r in out.splitlines() if r.startswith("| ") and "---" not in r]
     peer = next(r for r in rows if "MiniRocket" in r).split(" | ")
     assert 0 <= float(peer[1].split()[0]) <= 1 and float(peer[2]) > 0 and "wrong" in peer[1]
-    ours = [r for r in rows if r.startswith("| ours, experiment=audio_only")]
-    assert len(ours) == 2 and "mean of 2 seeds" in out
+    ours = [r.split(" | ") for r in rows if r.startswith("| ours, experiment=audio_only")]
+    assert [r[0] for r in ours] == [
+        "| ours, experiment=audio_only, seed=0",
+        "| ours, experiment=audio_only, seed=100",
+    ]
+    assert "mean of 2 seeds" in out
     assert len(list(tmp_path.glob("audio_only_seed*/metrics.json"))) == 2
+    ens = next(r for r in rows if r.startswith("| ours, ensemble of the 2 runs")).split(" | ")
+    evaluated = json.loads((tmp_path / "ensemble2_seed0" / "metrics.json").read_text())
+    assert float(ens[1]) == pytest.approx(evaluated["test/acc"], abs=5e-5)
+    assert len(evaluated["ckpt_path"]) == 2 and float(ens[2]) > sum(float(r[2]) for r in ours)

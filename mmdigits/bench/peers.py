@@ -1,12 +1,17 @@
 """Our audio-only model next to the reference a user would pick instead, on the same split, in one command:
 
     python -m mmdigits.bench.peers [--data-dir Dataset] [--seeds 0 1 2] [--experiment audio_only]
+        [--members N]
 
 The peer is aeon's MiniRocket (``MiniRocketClassifier(random_state=0)``; ``pip install -e ".[peers]"``),
 fit on every utterance of the training speakers (our train and validation parts), zero-padded to 93 frames,
 and scored on the test speakers' utterances, the same rows our ``experiment=audio_only`` run is scored on.
 Ours trains as that experiment does (its own seeds). Printed side by side: test accuracy, fit time (ours: the
 whole run), utterances/s at test.
+
+``--members N`` also scores ours as an ensemble of N runs per seed s (seeds s, s + 100, ...; the first is the
+single run of seed s), as a user would: ``python -m mmdigits.evaluate ckpt_path=[...]``. Its time is the
+members' runs plus that command; its rate, the members' rates combined (they run one after another).
 """
 
 from __future__ import annotations
@@ -53,8 +58,18 @@ def minirocket(dm: Any) -> dict[str, Any]:
             "fit_s": fit_s, "per_s": rate}  # fmt: skip
 
 
+def _command(module: str, args: list[str], run: Path) -> tuple[dict[str, Any], float]:
+    """``python -m <module> args...`` as a user starts it: its run's metrics.json and its wall time."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} failed ({run}):\n{proc.stderr[-2000:]}")
+    return json.loads((run / "metrics.json").read_text()), wall
+
+
 def ours(data_dir: str, experiment: str, seed: int, out: Path) -> dict[str, Any]:
-    """One ``python -m mmdigits.train experiment=...`` run, as a user starts it; its metrics.json."""
+    """One ``python -m mmdigits.train experiment=...`` run."""
     run = out / f"{experiment}_seed{seed}"
     args = [
         f"experiment={experiment}",
@@ -66,13 +81,28 @@ def ours(data_dir: str, experiment: str, seed: int, out: Path) -> dict[str, Any]
         "~callbacks.rich_progress_bar",
         "trainer.enable_progress_bar=false",
     ]
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "mmdigits.train", *args], capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"our run failed ({run}):\n{proc.stderr[-2000:]}")
-    m = json.loads((run / "metrics.json").read_text())
-    return {"acc": m["test/acc"], "wall_s": wall, "per_s": m.get("test/pairs_per_s")}
+    m, wall = _command("mmdigits.train", args, run)
+    return {
+        "acc": m["test/acc"],
+        "wall_s": wall,
+        "per_s": m.get("test/pairs_per_s"),
+        "ckpt": m["best_model_path"],
+    }
+
+
+def ensemble(data_dir: str, members: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """``python -m mmdigits.evaluate ckpt_path=[...]`` on the members' checkpoints."""
+    ckpts = ",".join(m["ckpt"] for m in members)
+    m, wall = _command(
+        "mmdigits.evaluate", [f"ckpt_path=[{ckpts}]", f"data.dir={data_dir}", f"hydra.run.dir={out}"], out
+    )
+    rates = [r["per_s"] for r in members]
+    per_s = 1 / sum(1 / r for r in rates) if all(rates) else None
+    return {"acc": m["test/acc"], "wall_s": wall + sum(r["wall_s"] for r in members), "per_s": per_s}
+
+
+def _rate(r: dict[str, Any]) -> str:
+    return f"{r['per_s']:,.0f}" if r["per_s"] else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default="Dataset")
     parser.add_argument("--experiment", default="audio_only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--members", type=int, default=1, help="also score ensembles of N runs per seed")
     parser.add_argument("--out", default="logs/bench/peers", help="where our runs go")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -105,16 +136,28 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             ("aeon MiniRocket (random_state=0)", acc, f"{peer['fit_s']:.1f}", f"{peer['per_s']:,.0f}", note)
         )
-    accs = []
+    accs, ens_accs = [], []
     for seed in args.seeds:
-        r = ours(args.data_dir, args.experiment, seed, Path(args.out))
-        accs.append(r["acc"])
-        rate = f"{r['per_s']:,.0f}" if r["per_s"] else ""
-        name = f"ours, experiment={args.experiment}, seed={seed}"
-        rows.append((name, f"{r['acc']:.4f}", f"{r['wall_s']:.1f}", rate, "whole run: train, validate, test"))
-    if len(accs) > 1:
-        mean = f"{np.mean(accs):.4f} ± {np.std(accs, ddof=1):.4f}"
-        rows.append((f"ours, mean of {len(accs)} seeds", mean, "", "", ""))
+        members = []
+        for k in range(args.members):
+            r = ours(args.data_dir, args.experiment, seed + 100 * k, Path(args.out))
+            members.append(r)
+            accs.append(r["acc"])
+            name = f"ours, experiment={args.experiment}, seed={seed + 100 * k}"
+            rows.append(
+                (name, f"{r['acc']:.4f}", f"{r['wall_s']:.1f}", _rate(r), "whole run: train, validate, test")
+            )
+        if args.members > 1:
+            r = ensemble(args.data_dir, members, Path(args.out) / f"ensemble{args.members}_seed{seed}")
+            ens_accs.append(r["acc"])
+            name = f"ours, ensemble of the {args.members} runs above (seed {seed})"
+            rows.append(
+                (name, f"{r['acc']:.4f}", f"{r['wall_s']:.1f}", _rate(r), "the members' runs + evaluate")
+            )
+    for what, values in (("seeds", accs), (f"ensembles of {args.members}", ens_accs)):
+        if len(values) > 1:
+            mean = f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+            rows.append((f"ours, mean of {len(values)} {what}", mean, "", "", ""))
     print(f"\nSpoken Arabic Digits, {n_test} test utterances of unseen speakers; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
     print("| model | test acc | fit / run s | utterances/s | notes |\n|---|---|---|---|---|")

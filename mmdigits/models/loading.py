@@ -150,21 +150,23 @@ def load_checkpoint_model(
     return model
 
 
-def load_model_and_data(cfg: DictConfig) -> tuple[MultimodalModule, Any]:
-    """``cfg.ckpt_path``'s model and ``cfg.data``'s datamodule, set to the task the model was trained for.
+def load_model_and_data(cfg: DictConfig, path: str | Path | None = None) -> tuple[MultimodalModule, Any]:
+    """The model of ``path`` (default ``cfg.ckpt_path``) and ``cfg.data``'s datamodule, set to the task the
+    model was trained for.
 
     The checkpoint's data info decides the audio corpus: an explicit ``data.audio`` that differs, or a
     ``data.dir`` holding a build of another corpus, is an error naming both."""
     from mmdigits.data.build import read_manifest
 
-    model = load_checkpoint_model(cfg.ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))
+    path = cfg.ckpt_path if path is None else path
+    model = load_checkpoint_model(path, trust=bool(cfg.get("trust_checkpoint", False)))
     trained_on = (model.hparams.get("data_info") or {}).get("audio")
     asked = cfg.data.get("audio")
     held = ((read_manifest(cfg.data.dir) or {}).get("settings") or {}).get("audio")
     for what, audio in ((f"data.audio={asked!r}", asked), (f"{cfg.data.dir} holds a {held!r} build", held)):
         if trained_on and audio and audio != trained_on:
             raise CheckpointError(
-                f"{cfg.ckpt_path}: the model was trained on {trained_on!r} audio, but {what}; "
+                f"{path}: the model was trained on {trained_on!r} audio, but {what}; "
                 f"point data.dir at a {trained_on!r} build (or leave data.audio unset)"
             )
     audio = asked or trained_on

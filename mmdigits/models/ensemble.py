@@ -1,0 +1,101 @@
+"""Ensembles of trained checkpoints: the mean of the members' probabilities for each row.
+
+``python -m mmdigits.evaluate ckpt_path=[a.ckpt,b.ckpt]`` scores an ensemble on the test split, and
+``python -m mmdigits.predict ckpt_path=[a.ckpt,b.ckpt]`` writes its submission. Members must solve the same
+task; each reads its own modalities and normalisation from its checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import ListConfig
+from torch import Tensor
+
+from mmdigits.errors import CheckpointError, MMDigitsError
+from mmdigits.models.module import MultimodalModule
+from mmdigits.tasks import Task
+
+EPS = 1e-7
+
+
+def checkpoint_paths(ckpt_path: Any) -> list[str]:
+    """``ckpt_path`` as a list: one path, or a list of them (an ensemble)."""
+    paths = (
+        [str(p) for p in ckpt_path] if isinstance(ckpt_path, (list, tuple, ListConfig)) else [str(ckpt_path)]
+    )
+    if not paths:
+        raise MMDigitsError("ckpt_path=[]: give one checkpoint, or a list of them for an ensemble")
+    return paths
+
+
+def check_members(models: Sequence[MultimodalModule], paths: Sequence[str | Path]) -> None:
+    """Every member must answer the same task, on the same audio corpus, as the first."""
+
+    def corpus(model: MultimodalModule) -> Any:
+        return (model.hparams.get("data_info") or {}).get("audio")
+
+    task, audio = models[0].task.name, corpus(models[0])
+    for model, path in zip(models[1:], paths[1:]):
+        if model.task.name != task:
+            raise CheckpointError(
+                f"{path}: an ensemble member trained for the {model.task.name!r} task, but {paths[0]} was "
+                f"trained for {task!r}; every member must solve the same task"
+            )
+        if audio and corpus(model) and corpus(model) != audio:
+            raise CheckpointError(
+                f"{path}: an ensemble member trained on {corpus(model)!r} audio, but {paths[0]} on {audio!r}"
+            )
+
+
+def row_proba(trainer: L.Trainer, model: MultimodalModule, loader: Any) -> Tensor:
+    """``model``'s probabilities for ``loader``'s rows, in row order (the loader's ``index``)."""
+    outputs = trainer.predict(model, dataloaders=loader)
+    index = torch.cat([o["index"] for o in outputs])
+    return torch.cat([o["proba"].float() for o in outputs])[torch.argsort(index)]
+
+
+def row_targets(loader: Any) -> Tensor:
+    """``loader``'s targets in row order."""
+    batches = list(loader)
+    index = torch.cat([b["index"] for b in batches])
+    return torch.cat([b["target"] for b in batches])[torch.argsort(index)]
+
+
+def mean_proba(trainer: L.Trainer, models: Sequence[MultimodalModule], loader: Any) -> Tensor:
+    return torch.stack([row_proba(trainer, m, loader) for m in models]).mean(0)
+
+
+def nll(task: Task, proba: Tensor, target: Tensor) -> float:
+    """Mean negative log-likelihood of the targets under ``proba`` (what the members' loss measures)."""
+    if task.binary:
+        p = proba.clamp(EPS, 1 - EPS)
+        t = target.float()
+        return float(-(t * p.log() + (1 - t) * (1 - p).log()).mean())
+    return float(-proba.gather(1, target.long().unsqueeze(1)).clamp_min(EPS).log().mean())
+
+
+def score(task: Task, proba: Tensor, target: Tensor, prefix: str = "test/") -> dict[str, float]:
+    """The task's metrics (as a single model's run logs them) and the NLL of ``proba``."""
+    metrics = task.metrics().clone(prefix=prefix)
+    metrics.update(proba, target.long())
+    out = {k: float(v) for k, v in metrics.compute().items()}
+    out[f"{prefix}nll"] = nll(task, proba, target)
+    return out
+
+
+def score_ensemble(
+    trainer: L.Trainer, models: Sequence[MultimodalModule], datamodule: Any
+) -> dict[str, float]:
+    """The ensemble's test metrics, plus each member's test accuracy (``test/member_acc``)."""
+    loader = datamodule.test_dataloader()
+    target = row_targets(loader)
+    probas = [row_proba(trainer, m, loader) for m in models]
+    task = models[0].task
+    metrics: dict[str, Any] = score(task, torch.stack(probas).mean(0), target)
+    metrics["test/member_acc"] = [score(task, p, target)["test/acc"] for p in probas]
+    return metrics

@@ -1,0 +1,130 @@
+"""Ensembles of checkpoints (``ckpt_path=[a,b]``) in evaluate and predict, against a plain loop's averages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+
+from mmdigits.errors import CheckpointError, MMDigitsError
+from mmdigits.evaluate import evaluate
+from mmdigits.models.ensemble import check_members, checkpoint_paths, nll
+from mmdigits.models.loading import load_model_and_data
+from mmdigits.predict import predict, predict_single
+from mmdigits.tasks import get_task
+from tests.hydra_utils import compose_cfg
+from tests.test_train import run_train
+
+EVAL = ["data.eval_batch_size=64", "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, tiny_dataset_dir) -> list[str]:
+    """Two match models that differ only in their seed (2 epochs each on the tiny dataset)."""
+    paths = []
+    for seed in (0, 1):
+        m = run_train(
+            tmp_path_factory.mktemp(f"seed{seed}"), tiny_dataset_dir, "trainer.max_epochs=2", f"seed={seed}"
+        )
+        paths.append(m["best_model_path"])
+    return paths
+
+
+def eval_cfg(name: str, ckpts: list[str], data_dir: Path, out: Path, *extra: str):
+    return compose_cfg(name, [f"ckpt_path=[{','.join(ckpts)}]", f"data.dir={data_dir}", *EVAL, *extra], out)
+
+
+@torch.no_grad()
+def plain_mean_proba(cfg, ckpts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference: each model's probabilities by a hand-written loop over the test rows, averaged."""
+    probas, target = [], None
+    for path in ckpts:
+        model, dm = load_model_and_data(cfg, path)
+        dm.prepare_data()
+        dm.setup("test")
+        by_row: dict[int, tuple[float, int]] = {}
+        for batch in dm.test_dataloader():
+            p = model.eval().predict_proba(batch)
+            by_row.update(zip(batch["index"].tolist(), zip(p.tolist(), batch["target"].tolist())))
+        rows = sorted(by_row)
+        probas.append(torch.tensor([by_row[r][0] for r in rows]))
+        target = torch.tensor([by_row[r][1] for r in rows])
+    return torch.stack(probas).mean(0), target
+
+
+def test_ensemble_of_one_model_twice_scores_as_that_model(two_runs, tiny_dataset_dir, tmp_path):
+    single = evaluate(eval_cfg("evaluate", two_runs[:1], tiny_dataset_dir, tmp_path / "one"))
+    twice = evaluate(eval_cfg("evaluate", [two_runs[0]] * 2, tiny_dataset_dir, tmp_path / "two"))
+    assert single["ckpt_path"] == two_runs[0] and twice["ckpt_path"] == [two_runs[0]] * 2
+    for key in ("test/acc", "test/f1", "test/auroc"):
+        assert twice[key] == pytest.approx(single[key], abs=1e-6), key
+    assert twice["test/member_acc"] == pytest.approx([single["test/acc"]] * 2, abs=1e-6)
+
+
+def test_ensemble_metrics_are_those_of_the_mean_probability(two_runs, tiny_dataset_dir, tmp_path):
+    cfg = eval_cfg("evaluate", two_runs, tiny_dataset_dir, tmp_path)
+    metrics = evaluate(cfg)
+    proba, target = plain_mean_proba(cfg, two_runs)
+    assert metrics["test/acc"] == pytest.approx(float(BinaryAccuracy()(proba, target)), abs=1e-6)
+    assert metrics["test/auroc"] == pytest.approx(float(BinaryAUROC()(proba, target)), abs=1e-6)
+    assert metrics["test/nll"] == pytest.approx(
+        float(F.binary_cross_entropy(proba, target.float())), rel=1e-4
+    )
+    singles = [
+        evaluate(eval_cfg("evaluate", [p], tiny_dataset_dir, tmp_path / f"m{i}"))
+        for i, p in enumerate(two_runs)
+    ]
+    assert metrics["test/member_acc"] == pytest.approx([s["test/acc"] for s in singles], abs=1e-6)
+    assert (tmp_path / "metrics.json").exists()
+
+
+def test_predict_writes_the_ensembles_decisions(two_runs, tiny_dataset_dir, tmp_path):
+    cfg = eval_cfg("predict", two_runs, tiny_dataset_dir, tmp_path, f"output={tmp_path / 'result.npy'}")
+    result = predict(cfg)
+    proba, _ = plain_mean_proba(eval_cfg("evaluate", two_runs, tiny_dataset_dir, tmp_path / "ref"), two_runs)
+    np.testing.assert_array_equal(result, (proba > 0.5).numpy())
+    assert np.array_equal(np.load(tmp_path / "result.npy"), result)
+
+
+def test_members_must_share_the_task(two_runs, tiny_dataset_dir, tmp_path):
+    cfg = eval_cfg("evaluate", two_runs, tiny_dataset_dir, tmp_path)
+    models = [load_model_and_data(cfg, p)[0] for p in two_runs]
+    check_members(models, two_runs)  # same task: accepted
+    models[1].task = get_task("digit")
+    with pytest.raises(CheckpointError, match=rf"{two_runs[1]}: .*'digit' task.*'match'"):
+        check_members(models, two_runs)
+    models[1].task = models[0].task
+    models[1].hparams.data_info = {**(models[1].hparams.get("data_info") or {}), "audio": "fsdd"}
+    models[0].hparams.data_info = {**(models[0].hparams.get("data_info") or {}), "audio": "arabic"}
+    with pytest.raises(CheckpointError, match=r"'fsdd' audio"):
+        check_members(models, two_runs)
+
+
+def test_checkpoint_paths_and_one_pair_refusal(two_runs, tmp_path):
+    assert checkpoint_paths("a.ckpt") == ["a.ckpt"]
+    assert checkpoint_paths(OmegaConf.create({"p": ["a", "b"]}).p) == ["a", "b"]
+    with pytest.raises(MMDigitsError, match=r"ckpt_path=\[\]"):
+        checkpoint_paths([])
+    cfg = compose_cfg(
+        "predict", [f"ckpt_path=[{','.join(two_runs)}]", "image=x.png", "audio=x.wav"], tmp_path
+    )
+    with pytest.raises(MMDigitsError, match="one pair .* takes one checkpoint"):
+        predict_single(cfg)
+
+
+def test_nll_matches_torch_losses():
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(50, generator=g).clamp(0.01, 0.99)
+    y = (torch.rand(50, generator=g) > 0.5).long()
+    assert nll(get_task("match"), p, y) == pytest.approx(
+        float(F.binary_cross_entropy(p, y.float())), rel=1e-5
+    )
+    logits = torch.randn(50, 10, generator=g)
+    d = torch.randint(0, 10, (50,), generator=g)
+    expected = float(F.cross_entropy(logits, d))
+    assert nll(get_task("digit"), logits.softmax(-1), d) == pytest.approx(expected, rel=1e-5)
