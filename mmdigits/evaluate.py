@@ -15,8 +15,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mmdigits.errors import MMDigitsError
-from mmdigits.models.ensemble import check_members, checkpoint_paths, score_ensemble
-from mmdigits.models.loading import load_model_and_data
+from mmdigits.models.ensemble import check_members, score_ensemble
+from mmdigits.models.loading import checkpoint_paths, load_model_and_data
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.run import metrics_to_floats, write_json
 

@@ -24,8 +24,8 @@ from mmdigits.data.challenge import Utterances
 from mmdigits.data.dataset import make_batch, pad_utterances
 from mmdigits.data.media import MfccSettings, load_digit_image, wav_mfcc
 from mmdigits.errors import DataError, MMDigitsError
-from mmdigits.models.ensemble import check_members, checkpoint_paths, mean_proba
-from mmdigits.models.loading import load_checkpoint_model, load_model_and_data
+from mmdigits.models.ensemble import check_members, mean_proba
+from mmdigits.models.loading import checkpoint_paths, load_checkpoint_model, load_model_and_data
 from mmdigits.models.module import MultimodalModule
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.io import atomic_save_npy
@@ -147,10 +147,11 @@ def format_result(res: dict[str, Any]) -> str:
 
 
 def predict_single(cfg: DictConfig) -> dict[str, Any]:
-    if len(checkpoint_paths(cfg.ckpt_path)) > 1:
+    paths = checkpoint_paths(cfg.ckpt_path)
+    if len(paths) > 1:
         raise MMDigitsError("one pair (image=/audio=) takes one checkpoint, not a list (ckpt_path=[...])")
-    model = load_checkpoint_model(cfg.ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))
-    res = predict_pair(model, cfg.get("image"), cfg.get("audio"), name=str(cfg.ckpt_path))
+    model = load_checkpoint_model(paths[0], trust=bool(cfg.get("trust_checkpoint", False)))
+    res = predict_pair(model, cfg.get("image"), cfg.get("audio"), name=paths[0])
     print(format_result(res), flush=True)
     return res
 

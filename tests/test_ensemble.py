@@ -13,8 +13,8 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from mmdigits.errors import CheckpointError, MMDigitsError
 from mmdigits.evaluate import evaluate
-from mmdigits.models.ensemble import check_members, checkpoint_paths, nll
-from mmdigits.models.loading import load_model_and_data
+from mmdigits.models.ensemble import check_members, nll
+from mmdigits.models.loading import checkpoint_paths, load_model_and_data
 from mmdigits.predict import predict, predict_single
 from mmdigits.tasks import get_task
 from tests.hydra_utils import compose_cfg
@@ -115,6 +115,13 @@ def test_checkpoint_paths_and_one_pair_refusal(two_runs, tmp_path):
     )
     with pytest.raises(MMDigitsError, match="one pair .* takes one checkpoint"):
         predict_single(cfg)
+    embed = compose_cfg("embed", [f"ckpt_path=[{','.join(two_runs)}]"], tmp_path / "embed")
+    with pytest.raises(MMDigitsError, match="takes one checkpoint, not a list of 2"):
+        load_model_and_data(embed)  # the commands that read one model (embed) refuse a list
+    # a list of one is that checkpoint: the command goes on, to the (missing) image
+    one = [f"ckpt_path=[{two_runs[0]}]", "image=missing.png", "audio=missing.wav"]
+    with pytest.raises(MMDigitsError, match="missing.png"):
+        predict_single(compose_cfg("predict", one, tmp_path / "one"))
 
 
 def test_nll_matches_torch_losses():

@@ -2,7 +2,7 @@
 
 ``python -m mmdigits.evaluate ckpt_path=[a.ckpt,b.ckpt]`` scores an ensemble on the test split, and
 ``python -m mmdigits.predict ckpt_path=[a.ckpt,b.ckpt]`` writes its submission. Members must solve the same
-task; each reads its own modalities and normalisation from its checkpoint.
+task on the same audio corpus; each reads its own modalities and normalisation from its checkpoint.
 """
 
 from __future__ import annotations
@@ -13,24 +13,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import ListConfig
 from torch import Tensor
 
-from mmdigits.errors import CheckpointError, MMDigitsError
+from mmdigits.errors import CheckpointError
 from mmdigits.models.module import MultimodalModule
 from mmdigits.tasks import Task
 
 EPS = 1e-7
-
-
-def checkpoint_paths(ckpt_path: Any) -> list[str]:
-    """``ckpt_path`` as a list: one path, or a list of them (an ensemble)."""
-    paths = (
-        [str(p) for p in ckpt_path] if isinstance(ckpt_path, (list, tuple, ListConfig)) else [str(ckpt_path)]
-    )
-    if not paths:
-        raise MMDigitsError("ckpt_path=[]: give one checkpoint, or a list of them for an ensemble")
-    return paths
 
 
 def check_members(models: Sequence[MultimodalModule], paths: Sequence[str | Path]) -> None:
@@ -71,7 +60,7 @@ def mean_proba(trainer: L.Trainer, models: Sequence[MultimodalModule], loader: A
 
 
 def nll(task: Task, proba: Tensor, target: Tensor) -> float:
-    """Mean negative log-likelihood of the targets under ``proba`` (what the members' loss measures)."""
+    """Mean negative log-likelihood of the targets under ``proba``: their cross-entropy."""
     if task.binary:
         p = proba.clamp(EPS, 1 - EPS)
         t = target.float()
@@ -88,9 +77,7 @@ def score(task: Task, proba: Tensor, target: Tensor, prefix: str = "test/") -> d
     return out
 
 
-def score_ensemble(
-    trainer: L.Trainer, models: Sequence[MultimodalModule], datamodule: Any
-) -> dict[str, float]:
+def score_ensemble(trainer: L.Trainer, models: Sequence[MultimodalModule], datamodule: Any) -> dict[str, Any]:
     """The ensemble's test metrics, plus each member's test accuracy (``test/member_acc``)."""
     loader = datamodule.test_dataloader()
     target = row_targets(loader)

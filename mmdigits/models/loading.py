@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 from torch import nn
 
-from mmdigits.errors import CheckpointError
+from mmdigits.errors import CheckpointError, MMDigitsError
 from mmdigits.models.module import OPTIONAL_BUFFERS, MultimodalModule, plain
 
 # classes renamed since checkpoints were first written: old target -> (new target, extra kwargs)
@@ -150,6 +150,16 @@ def load_checkpoint_model(
     return model
 
 
+def checkpoint_paths(ckpt_path: Any) -> list[str]:
+    """``ckpt_path`` as a list: one path, or a list of them (an ensemble)."""
+    paths = (
+        [str(p) for p in ckpt_path] if isinstance(ckpt_path, (list, tuple, ListConfig)) else [str(ckpt_path)]
+    )
+    if not paths:
+        raise MMDigitsError("ckpt_path=[]: give one checkpoint, or a list of them for an ensemble")
+    return paths
+
+
 def load_model_and_data(cfg: DictConfig, path: str | Path | None = None) -> tuple[MultimodalModule, Any]:
     """The model of ``path`` (default ``cfg.ckpt_path``) and ``cfg.data``'s datamodule, set to the task the
     model was trained for.
@@ -158,7 +168,11 @@ def load_model_and_data(cfg: DictConfig, path: str | Path | None = None) -> tupl
     ``data.dir`` holding a build of another corpus, is an error naming both."""
     from mmdigits.data.build import read_manifest
 
-    path = cfg.ckpt_path if path is None else path
+    if path is None:
+        paths = checkpoint_paths(cfg.ckpt_path)
+        if len(paths) > 1:
+            raise MMDigitsError(f"ckpt_path: this command takes one checkpoint, not a list of {len(paths)}")
+        path = paths[0]
     model = load_checkpoint_model(path, trust=bool(cfg.get("trust_checkpoint", False)))
     trained_on = (model.hparams.get("data_info") or {}).get("audio")
     asked = cfg.data.get("audio")
