@@ -15,8 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mmdigits.errors import MMDigitsError
-from mmdigits.models.ensemble import check_members, score_ensemble
-from mmdigits.models.loading import checkpoint_paths, load_model_and_data
+from mmdigits.models.ensemble import load_members_and_data, score_ensemble
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.run import metrics_to_floats, write_json
 
@@ -27,10 +26,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test the checkpoint's model (or the ensemble of a list of checkpoints) on ``cfg.data``'s test split;
     writes ``metrics.json``."""
     L.seed_everything(cfg.get("seed", 0), workers=True)
-    paths = checkpoint_paths(cfg.ckpt_path)
-    loaded = [load_model_and_data(cfg, p) for p in paths]
-    (model, datamodule), models = loaded[0], [m for m, _ in loaded]
-    check_members(models, paths)
+    paths, models, datamodule = load_members_and_data(cfg)
+    model = models[0]
     if len(models) > 1 and cfg.get("robustness", False):
         raise MMDigitsError("+robustness=true takes one checkpoint, not an ensemble (ckpt_path=[...])")
     trainer: L.Trainer = instantiate(cfg.trainer)

@@ -24,8 +24,8 @@ from mmdigits.data.challenge import Utterances
 from mmdigits.data.dataset import make_batch, pad_utterances
 from mmdigits.data.media import MfccSettings, load_digit_image, wav_mfcc
 from mmdigits.errors import DataError, MMDigitsError
-from mmdigits.models.ensemble import check_members, mean_proba
-from mmdigits.models.loading import checkpoint_paths, load_checkpoint_model, load_model_and_data
+from mmdigits.models.ensemble import load_members_and_data, mean_proba
+from mmdigits.models.loading import checkpoint_paths, load_checkpoint_model
 from mmdigits.models.module import MultimodalModule
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.io import atomic_save_npy
@@ -36,10 +36,8 @@ log = logging.getLogger("mmdigits.predict")
 def predict(cfg: DictConfig) -> np.ndarray:
     """Predict every test pair of ``cfg.data`` (a list ``ckpt_path``: the ensemble's mean probability); saves
     and returns the result array."""
-    paths = checkpoint_paths(cfg.ckpt_path)
-    loaded = [load_model_and_data(cfg, p) for p in paths]
-    (model, datamodule), models = loaded[0], [m for m, _ in loaded]
-    check_members(models, paths)
+    _, models, datamodule = load_members_and_data(cfg)
+    model = models[0]
     out = Path(cfg.output)
     if out.is_dir():
         raise MMDigitsError(f"{out}: is a directory; expected the path of the .npy file to write (output=)")

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from mmdigits.errors import CheckpointError
+from mmdigits.models.loading import checkpoint_paths, load_model_and_data
 from mmdigits.models.module import MultimodalModule
 from mmdigits.tasks import Task
 
@@ -39,6 +40,16 @@ def check_members(models: Sequence[MultimodalModule], paths: Sequence[str | Path
             raise CheckpointError(
                 f"{path}: an ensemble member trained on {corpus(model)!r} audio, but {paths[0]} on {audio!r}"
             )
+
+
+def load_members_and_data(cfg: Any) -> tuple[list[str], list[MultimodalModule], Any]:
+    """``cfg.ckpt_path``'s paths (one, or a list: an ensemble), their models, checked to fit together, and the
+    first one's datamodule."""
+    paths = checkpoint_paths(cfg.ckpt_path)
+    loaded = [load_model_and_data(cfg, p) for p in paths]
+    models = [m for m, _ in loaded]
+    check_members(models, paths)
+    return paths, models, loaded[0][1]
 
 
 def row_proba(trainer: L.Trainer, model: MultimodalModule, loader: Any) -> Tensor:
