@@ -100,3 +100,32 @@ def test_peers_bench_side_by_side(tiny_dataset_dir, tmp_path, capsys):
     evaluated = json.loads((tmp_path / "ensemble2_seed0" / "metrics.json").read_text())
     assert float(ens[1]) == pytest.approx(evaluated["test/acc"], abs=5e-5)
     assert len(evaluated["ckpt_path"]) == 2 and float(ens[2]) > sum(float(r[2]) for r in ours)
+
+
+def test_peers_bench_image_side(tiny_dataset_dir, tmp_path, capsys):
+    """An image-only experiment gets the image peer (scikit-learn's SVC), fit on every training image and
+    scored on the test images our run is scored on; a task without a peer is refused, naming the choices."""
+    from hydra.utils import instantiate
+
+    from mmdigits.bench.common import compose
+    from mmdigits.bench.peers import main
+
+    args = ["--data-dir", str(tiny_dataset_dir), "--seeds", "0", "--out", str(tmp_path)]
+    assert main([*args, "--experiment", "image_only"]) == 0
+    out = capsys.readouterr().out
+    dm = instantiate(compose(["experiment=image_only", f"data.dir={tiny_dataset_dir}"]).data, _convert_="all")
+    dm.setup("fit")
+    dm.setup("test")
+    assert f"MNIST, {len(dm.test_set)} test images;" in out and "| images/s |" in out
+    peer = next(r for r in out.splitlines() if r.startswith("| scikit-learn SVC")).split(" | ")
+    acc, wrong, n = re.match(r"([\d.]+) \((\d+)/(\d+) wrong\)", peer[1]).groups()
+    assert int(n) == len(dm.test_set) and float(acc) == pytest.approx(1 - int(wrong) / int(n), abs=5e-5)
+    assert float(acc) > 0.5  # images and digits line up: chance is 0.1
+    assert f"fit on the {len(dm.train_set) + len(dm.val_set)} images" in peer[4]
+    ours = json.loads((tmp_path / "image_only_seed0" / "metrics.json").read_text())
+    row = next(r for r in out.splitlines() if r.startswith("| ours, experiment=image_only, seed=0"))
+    assert float(row.split(" | ")[1]) == pytest.approx(ours["test/acc"], abs=5e-5)
+
+    with pytest.raises(SystemExit):
+        main([*args, "--experiment", "match"])
+    assert "the peers are for the unimodal tasks ['audio_digit', 'image_digit']" in capsys.readouterr().err

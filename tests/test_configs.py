@@ -172,3 +172,16 @@ def test_a_misspelt_image_affine_key_fails_when_the_model_is_built(tmp_path):
         instantiate(cfg.model)
     cfg = compose_cfg("train", ["experiment=image_only", "+model.image_affine.elastic=34"], tmp_path)
     assert instantiate(cfg.model).hparams.image_affine["elastic"] == 34
+
+
+def test_image_only_mnist_is_the_image_recipe_on_its_own_whole_mnist_build(tmp_path):
+    base = compose_cfg("train", ["experiment=image_only"], tmp_path)
+    whole = compose_cfg("train", ["experiment=image_only_mnist"], tmp_path)
+    assert dict(whole.data.build) == {"n_train": 60000}  # one pair per MNIST training image
+    assert whole.data.dir == f"{base.data.dir}/mnist60k"  # never the default build's directory
+    for key in ("model", "trainer", "callbacks", "run_name"):
+        assert whole[key] == base[key], key
+    assert list(whole.tags) == [*base.tags, "mnist60k"]
+    assert {k: v for k, v in whole.data.items() if k not in ("dir", "build")} == {
+        k: v for k, v in base.data.items() if k not in ("dir", "build")
+    }

@@ -1,13 +1,15 @@
-"""Our audio-only model next to the reference a user would pick instead, on the same split, in one command:
+"""Our unimodal model next to the reference a user would pick instead, on the same split, in one command:
 
     python -m mmdigits.bench.peers [--data-dir Dataset] [--seeds 0 1 2] [--experiment audio_only]
         [--members N]
 
-The peer is aeon's MiniRocket (``MiniRocketClassifier(random_state=0)``; ``pip install -e ".[peers]"``),
-fit on every utterance of the training speakers (our train and validation parts), zero-padded to 93 frames,
-and scored on the test speakers' utterances, the same rows our ``experiment=audio_only`` run is scored on.
-Ours trains as that experiment does (its own seeds). Printed side by side: test accuracy, fit time (ours: the
-whole run), utterances/s at test.
+The experiment's task picks the peer. Audio (``experiment=audio_only``): aeon's MiniRocket
+(``MiniRocketClassifier(random_state=0)``; ``pip install -e ".[peers]"``), fit on every utterance of the
+training speakers (our train and validation parts), zero-padded to 93 frames. Image (``--experiment
+image_only``): scikit-learn's ``SVC()`` (RBF kernel, its defaults), the classic kernel-machine reference on
+MNIST, fit on every training image (0..1 pixels). Each is scored on the rows our run of that experiment is
+scored on. Ours trains as the experiment does (its own seeds). Printed side by side: test accuracy, fit time
+(ours: the whole run), items/s at test.
 
 ``--members N`` also scores ours as an ensemble of N runs per seed s (seeds s, s + 100, ...; the first is the
 single run of seed s), as a user would: ``python -m mmdigits.evaluate ckpt_path=[...]``. Its time is the
@@ -40,22 +42,47 @@ def _padded(ds: Any) -> tuple[np.ndarray, np.ndarray]:
     return audio.transpose(1, 2).numpy().astype(np.float64), ds.target.numpy()
 
 
-def minirocket(dm: Any) -> dict[str, Any]:
-    """aeon's MiniRocket on the datamodule's audio-digit split; ``{"missing": hint}`` without aeon."""
-    try:
-        from aeon.classification.convolution_based import MiniRocketClassifier
-    except ImportError:
-        return {"missing": 'aeon is not installed: pip install -e ".[peers]"'}
-    x_train, y_train = (np.concatenate(a) for a in zip(_padded(dm.train_set), _padded(dm.val_set)))
-    x_test, y_test = _padded(dm.test_set)
+def _pixels(ds: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 784) pixels on the 0..1 scale, and the digits, of a BatchDataset."""
+    return ds.t.images[ds.rows].numpy().astype(np.float32) / 255.0, ds.target.numpy()
+
+
+def _fit_and_score(clf: Any, dm: Any, features: Any) -> dict[str, Any]:
+    """Fit ``clf`` on the train and validation parts' ``features``, score it on the test part."""
+    x_train, y_train = (np.concatenate(a) for a in zip(features(dm.train_set), features(dm.val_set)))
+    x_test, y_test = features(dm.test_set)
     start = time.perf_counter()
-    clf = MiniRocketClassifier(random_state=0).fit(x_train, y_train)
+    clf.fit(x_train, y_train)
     fit_s = time.perf_counter() - start
     start = time.perf_counter()
     pred = clf.predict(x_test)
     rate = len(x_test) / (time.perf_counter() - start)
     return {"acc": float((pred == y_test).mean()), "errors": int((pred != y_test).sum()), "n": len(y_test),
             "fit_s": fit_s, "per_s": rate}  # fmt: skip
+
+
+def minirocket(dm: Any) -> dict[str, Any]:
+    """aeon's MiniRocket on the datamodule's audio-digit split; ``{"missing": hint}`` without aeon."""
+    try:
+        from aeon.classification.convolution_based import MiniRocketClassifier
+    except ImportError:
+        return {"missing": 'aeon is not installed: pip install -e ".[peers]"'}
+    return _fit_and_score(MiniRocketClassifier(random_state=0), dm, _padded)
+
+
+def svc(dm: Any) -> dict[str, Any]:
+    """scikit-learn's RBF-kernel SVC (its defaults; a larger kernel cache, which changes only the speed) on
+    the datamodule's image-digit split."""
+    from sklearn.svm import SVC
+
+    return _fit_and_score(SVC(cache_size=2000), dm, _pixels)
+
+
+# task -> (peer's name, peer, what the table counts, the data's description)
+PEERS = {
+    "audio_digit": ("aeon MiniRocket (random_state=0)", minirocket, "utterances", "Spoken Arabic Digits"),
+    "image_digit": ("scikit-learn SVC (RBF kernel, defaults)", svc, "images", "MNIST"),
+}
 
 
 def _command(module: str, args: list[str], run: Path) -> tuple[dict[str, Any], float]:
@@ -119,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.utils import instantiate
 
     cfg = compose([f"experiment={args.experiment}", f"data.dir={args.data_dir}"])
+    if cfg.data.task not in PEERS:
+        parser.error(
+            f"experiment={args.experiment} solves task {cfg.data.task!r}; the peers are for the unimodal "
+            f"tasks {sorted(PEERS)} (e.g. --experiment audio_only or --experiment image_only)"
+        )
+    peer_name, peer_fn, items, corpus = PEERS[cfg.data.task]
     dm = instantiate(cfg.data, _convert_="all")
     dm.prepare_data()
     dm.setup("fit")
@@ -126,16 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     n_train, n_test = len(dm.train_set) + len(dm.val_set), len(dm.test_set)
 
     rows = []
-    peer = minirocket(dm)
+    peer = peer_fn(dm)
     if "missing" in peer:
-        print(f"MiniRocket skipped: {peer['missing']}", file=sys.stderr)
-        rows.append(("aeon MiniRocket", "not installed", "", "", peer["missing"]))
+        print(f"{peer_name} skipped: {peer['missing']}", file=sys.stderr)
+        rows.append((peer_name, "not installed", "", "", peer["missing"]))
     else:
         acc = f"{peer['acc']:.4f} ({peer['errors']}/{peer['n']} wrong)"
-        note = f"fit on the {n_train} utterances of the training speakers"
-        rows.append(
-            ("aeon MiniRocket (random_state=0)", acc, f"{peer['fit_s']:.1f}", f"{peer['per_s']:,.0f}", note)
-        )
+        where = "of the training speakers" if items == "utterances" else "of the training split"
+        note = f"fit on the {n_train} {items} {where}"
+        rows.append((peer_name, acc, f"{peer['fit_s']:.1f}", f"{peer['per_s']:,.0f}", note))
     accs, ens_accs = [], []
     for seed in args.seeds:
         members = []
@@ -158,9 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         if len(values) > 1:
             mean = f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
             rows.append((f"ours, mean of {len(values)} {what}", mean, "", "", ""))
-    print(f"\nSpoken Arabic Digits, {n_test} test utterances of unseen speakers; torch {torch.__version__}, "
+    unseen = " of unseen speakers" if items == "utterances" else ""
+    print(f"\n{corpus}, {n_test} test {items}{unseen}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
-    print("| model | test acc | fit / run s | utterances/s | notes |\n|---|---|---|---|---|")
+    print(f"| model | test acc | fit / run s | {items}/s | notes |\n|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
     return 0
