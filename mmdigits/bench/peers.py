@@ -25,8 +25,9 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -78,11 +79,24 @@ def svc(dm: Any) -> dict[str, Any]:
     return _fit_and_score(SVC(cache_size=2000), dm, _pixels)
 
 
-# task -> (peer's name, peer, what the table counts, the data's description)
-PEERS = {
-    "audio_digit": ("aeon MiniRocket (random_state=0)", minirocket, "utterances", "Spoken Arabic Digits"),
-    "image_digit": ("scikit-learn SVC (RBF kernel, defaults)", svc, "images", "MNIST"),
-}
+class Peer(NamedTuple):
+    name: str
+    fit_and_score: Callable[[Any], dict[str, Any]]
+    items: str  # what the table counts
+    train: str  # what the peer is fit on, after the count
+    test: str  # what the test split holds, after the count
+
+
+PEERS = {  # by the experiment's task
+    "audio_digit": Peer(
+        "aeon MiniRocket (random_state=0)", minirocket, "utterances", "utterances of the training speakers",
+        "Spoken Arabic Digits, {n} test utterances of unseen speakers",
+    ),
+    "image_digit": Peer(
+        "scikit-learn SVC (RBF kernel, defaults)", svc, "images", "images of the training split",
+        "MNIST, {n} test images",
+    ),
+}  # fmt: skip
 
 
 def _command(module: str, args: list[str], run: Path) -> tuple[dict[str, Any], float]:
@@ -151,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             f"experiment={args.experiment} solves task {cfg.data.task!r}; the peers are for the unimodal "
             f"tasks {sorted(PEERS)} (e.g. --experiment audio_only or --experiment image_only)"
         )
-    peer_name, peer_fn, items, corpus = PEERS[cfg.data.task]
+    peer = PEERS[cfg.data.task]
     dm = instantiate(cfg.data, _convert_="all")
     dm.prepare_data()
     dm.setup("fit")
@@ -159,15 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     n_train, n_test = len(dm.train_set) + len(dm.val_set), len(dm.test_set)
 
     rows = []
-    peer = peer_fn(dm)
-    if "missing" in peer:
-        print(f"{peer_name} skipped: {peer['missing']}", file=sys.stderr)
-        rows.append((peer_name, "not installed", "", "", peer["missing"]))
+    result = peer.fit_and_score(dm)
+    if "missing" in result:
+        print(f"{peer.name} skipped: {result['missing']}", file=sys.stderr)
+        rows.append((peer.name, "not installed", "", "", result["missing"]))
     else:
-        acc = f"{peer['acc']:.4f} ({peer['errors']}/{peer['n']} wrong)"
-        where = "of the training speakers" if items == "utterances" else "of the training split"
-        note = f"fit on the {n_train} {items} {where}"
-        rows.append((peer_name, acc, f"{peer['fit_s']:.1f}", f"{peer['per_s']:,.0f}", note))
+        acc = f"{result['acc']:.4f} ({result['errors']}/{result['n']} wrong)"
+        note = f"fit on the {n_train} {peer.train}"
+        rows.append((peer.name, acc, f"{result['fit_s']:.1f}", f"{result['per_s']:,.0f}", note))
     accs, ens_accs = [], []
     for seed in args.seeds:
         members = []
@@ -190,10 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(values) > 1:
             mean = f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
             rows.append((f"ours, mean of {len(values)} {what}", mean, "", "", ""))
-    unseen = " of unseen speakers" if items == "utterances" else ""
-    print(f"\n{corpus}, {n_test} test {items}{unseen}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
-    print(f"| model | test acc | fit / run s | {items}/s | notes |\n|---|---|---|---|---|")
+    print(f"\n{peer.test.format(n=n_test)}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"| model | test acc | fit / run s | {peer.items}/s | notes |\n|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
     return 0
