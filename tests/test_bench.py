@@ -102,15 +102,18 @@ def test_peers_bench_side_by_side(tiny_dataset_dir, tmp_path, capsys):
     assert len(evaluated["ckpt_path"]) == 2 and float(ens[2]) > sum(float(r[2]) for r in ours)
 
 
-def test_peers_bench_image_side(tiny_dataset_dir, tmp_path, capsys):
+def test_peers_bench_image_side(tiny_dataset_dir, tmp_path, capsys, monkeypatch):
     """An image-only experiment gets the image peer (scikit-learn's SVC), fit on every training image and
-    scored on the test images our run is scored on; a task without a peer is refused, naming the choices."""
+    scored on the test images our run is scored on; without --data-dir every part reads the experiment's
+    data.dir; a task without a peer is refused, naming the choices."""
     from hydra.utils import instantiate
 
     from mmdigits.bench.common import compose
     from mmdigits.bench.peers import main
+    from mmdigits.models.loading import read_checkpoint
 
-    args = ["--data-dir", str(tiny_dataset_dir), "--seeds", "0", "--out", str(tmp_path)]
+    monkeypatch.setenv("MMDIGITS_DATA_DIR", str(tiny_dataset_dir))  # paths.data_dir, the default data.dir
+    args = ["--seeds", "0", "--out", str(tmp_path)]
     assert main([*args, "--experiment", "image_only"]) == 0
     out = capsys.readouterr().out
     dm = instantiate(compose(["experiment=image_only", f"data.dir={tiny_dataset_dir}"]).data, _convert_="all")
@@ -123,6 +126,8 @@ def test_peers_bench_image_side(tiny_dataset_dir, tmp_path, capsys):
     assert float(acc) > 0.5  # images and digits line up: chance is 0.1
     assert f"fit on the {len(dm.train_set) + len(dm.val_set)} images" in peer[4]
     ours = json.loads((tmp_path / "image_only_seed0" / "metrics.json").read_text())
+    trained_on = read_checkpoint(ours["best_model_path"])["datamodule_hyper_parameters"]["dir"]
+    assert Path(trained_on) == tiny_dataset_dir
     row = next(r for r in out.splitlines() if r.startswith("| ours, experiment=image_only, seed=0"))
     assert float(row.split(" | ")[1]) == pytest.approx(ours["test/acc"], abs=5e-5)
 

@@ -1,6 +1,6 @@
 """Our unimodal model next to the reference a user would pick instead, on the same split, in one command:
 
-    python -m mmdigits.bench.peers [--data-dir Dataset] [--seeds 0 1 2] [--experiment audio_only]
+    python -m mmdigits.bench.peers [--experiment audio_only] [--seeds 0 1 2] [--data-dir DIR]
         [--members N]
 
 The experiment's task picks the peer. Audio (``experiment=audio_only``): aeon's MiniRocket
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data-dir", default="Dataset")
+    parser.add_argument("--data-dir", help="the dataset directory (default: the experiment's data.dir)")
     parser.add_argument("--experiment", default="audio_only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--members", type=int, default=1, help="also score ensembles of N runs per seed")
@@ -159,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     from hydra.utils import instantiate
 
-    cfg = compose([f"experiment={args.experiment}", f"data.dir={args.data_dir}"])
+    overrides = [f"experiment={args.experiment}"] + ([f"data.dir={args.data_dir}"] if args.data_dir else [])
+    cfg = compose(overrides)
+    data_dir = str(cfg.data.dir)  # every run of the command reads this one
     if cfg.data.task not in PEERS:
         parser.error(
             f"experiment={args.experiment} solves task {cfg.data.task!r}; the peers are for the unimodal "
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         members = []
         for k in range(args.members):
-            r = ours(args.data_dir, args.experiment, seed + 100 * k, Path(args.out))
+            r = ours(data_dir, args.experiment, seed + 100 * k, Path(args.out))
             members.append(r)
             accs.append(r["acc"])
             name = f"ours, experiment={args.experiment}, seed={seed + 100 * k}"
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                 (name, f"{r['acc']:.4f}", f"{r['wall_s']:.1f}", _rate(r), "whole run: train, validate, test")
             )
         if args.members > 1:
-            r = ensemble(args.data_dir, members, Path(args.out) / f"ensemble{args.members}_seed{seed}")
+            r = ensemble(data_dir, members, Path(args.out) / f"ensemble{args.members}_seed{seed}")
             ens_accs.append(r["acc"])
             name = f"ours, ensemble of the {args.members} runs above (seed {seed})"
             rows.append(
