@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from mmdigits.errors import MMDigitsError
 from mmdigits.models.ensemble import load_members_and_data, score_ensemble
+from mmdigits.models.loading import single_checkpoint_path
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.run import metrics_to_floats, write_json
 
@@ -26,10 +27,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test the checkpoint's model (or the ensemble of a list of checkpoints) on ``cfg.data``'s test split;
     writes ``metrics.json``."""
     L.seed_everything(cfg.get("seed", 0), workers=True)
+    if cfg.get("robustness", False):  # refused before any member is loaded
+        single_checkpoint_path(cfg.ckpt_path, "+robustness=true")
     paths, models, datamodule = load_members_and_data(cfg)
     model = models[0]
-    if len(models) > 1 and cfg.get("robustness", False):
-        raise MMDigitsError("+robustness=true takes one checkpoint, not an ensemble (ckpt_path=[...])")
     trainer: L.Trainer = instantiate(cfg.trainer)
     datamodule.prepare_data()
     if not datamodule.has_test_labels:

@@ -25,7 +25,7 @@ from mmdigits.data.dataset import make_batch, pad_utterances
 from mmdigits.data.media import MfccSettings, load_digit_image, wav_mfcc
 from mmdigits.errors import DataError, MMDigitsError
 from mmdigits.models.ensemble import load_members_and_data, mean_proba
-from mmdigits.models.loading import checkpoint_paths, load_checkpoint_model
+from mmdigits.models.loading import load_checkpoint_model, single_checkpoint_path
 from mmdigits.models.module import MultimodalModule
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.io import atomic_save_npy
@@ -145,11 +145,9 @@ def format_result(res: dict[str, Any]) -> str:
 
 
 def predict_single(cfg: DictConfig) -> dict[str, Any]:
-    paths = checkpoint_paths(cfg.ckpt_path)
-    if len(paths) > 1:
-        raise MMDigitsError("one pair (image=/audio=) takes one checkpoint, not a list (ckpt_path=[...])")
-    model = load_checkpoint_model(paths[0], trust=bool(cfg.get("trust_checkpoint", False)))
-    res = predict_pair(model, cfg.get("image"), cfg.get("audio"), name=paths[0])
+    path = single_checkpoint_path(cfg.ckpt_path, "one pair (image=/audio=)")
+    model = load_checkpoint_model(path, trust=bool(cfg.get("trust_checkpoint", False)))
+    res = predict_pair(model, cfg.get("image"), cfg.get("audio"), name=path)
     print(format_result(res), flush=True)
     return res
 

@@ -118,6 +118,10 @@ def test_checkpoint_paths_and_one_pair_refusal(two_runs, tmp_path):
     embed = compose_cfg("embed", [f"ckpt_path=[{','.join(two_runs)}]"], tmp_path / "embed")
     with pytest.raises(MMDigitsError, match="takes one checkpoint, not a list of 2"):
         load_model_and_data(embed)  # the commands that read one model (embed) refuse a list
+    robust = [f"ckpt_path=[{','.join(two_runs)}]", "+robustness=true"]
+    robust = compose_cfg("evaluate", robust, tmp_path / "robust")
+    with pytest.raises(MMDigitsError, match=r"\+robustness=true takes one checkpoint, not a list of 2"):
+        evaluate(robust)
     # a list of one is that checkpoint: the command goes on, to the (missing) image
     one = [f"ckpt_path=[{two_runs[0]}]", "image=missing.png", "audio=missing.wav"]
     with pytest.raises(MMDigitsError, match="missing.png"):

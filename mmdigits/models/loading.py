@@ -160,6 +160,15 @@ def checkpoint_paths(ckpt_path: Any) -> list[str]:
     return paths
 
 
+def single_checkpoint_path(ckpt_path: Any, what: str = "this command") -> str:
+    """``ckpt_path`` when it names one checkpoint (a list of one is that checkpoint); an error naming ``what``
+    for a list."""
+    paths = checkpoint_paths(ckpt_path)
+    if len(paths) > 1:
+        raise MMDigitsError(f"ckpt_path: {what} takes one checkpoint, not a list of {len(paths)}")
+    return paths[0]
+
+
 def load_model_and_data(cfg: DictConfig, path: str | Path | None = None) -> tuple[MultimodalModule, Any]:
     """The model of ``path`` (default ``cfg.ckpt_path``) and ``cfg.data``'s datamodule, set to the task the
     model was trained for.
@@ -169,10 +178,7 @@ def load_model_and_data(cfg: DictConfig, path: str | Path | None = None) -> tupl
     from mmdigits.data.build import read_manifest
 
     if path is None:
-        paths = checkpoint_paths(cfg.ckpt_path)
-        if len(paths) > 1:
-            raise MMDigitsError(f"ckpt_path: this command takes one checkpoint, not a list of {len(paths)}")
-        path = paths[0]
+        path = single_checkpoint_path(cfg.ckpt_path)
     model = load_checkpoint_model(path, trust=bool(cfg.get("trust_checkpoint", False)))
     trained_on = (model.hparams.get("data_info") or {}).get("audio")
     asked = cfg.data.get("audio")
