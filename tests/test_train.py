@@ -59,9 +59,10 @@ def test_fast_dev_run_unimodal(model, tmp_path, tiny_dataset_dir):
     assert metrics["global_step"] == 1 and np.isfinite(metrics["test/acc"])
 
 
+@pytest.mark.parametrize("audio", [[], ["audio_encoder=rocket"]], ids=["default", "rocket"])
 @pytest.mark.parametrize("fusion", ["concat", "late", "gated", "lowrank_tensor", "agreement"])
-def test_fast_dev_run_every_fusion(fusion, tmp_path, tiny_dataset_dir):
-    metrics = run_train(tmp_path, tiny_dataset_dir, f"fusion={fusion}", "debug=fast_dev_run")
+def test_fast_dev_run_every_fusion(fusion, audio, tmp_path, tiny_dataset_dir):
+    metrics = run_train(tmp_path, tiny_dataset_dir, f"fusion={fusion}", "debug=fast_dev_run", *audio)
     assert np.isfinite(metrics["test/acc"])
 
 
