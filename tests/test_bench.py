@@ -102,6 +102,38 @@ def test_peers_bench_side_by_side(tiny_dataset_dir, tmp_path, capsys):
     assert len(evaluated["ckpt_path"]) == 2 and float(ens[2]) > sum(float(r[2]) for r in ours)
 
 
+def test_peers_bench_passes_overrides_to_our_runs(tiny_dataset_dir, tmp_path, capsys, monkeypatch):
+    """Hydra overrides after the options reach our runs (here: MiniRocket as our encoder) and the row names
+    them; the peer still gets the run's split."""
+    from mmdigits.bench import peers
+    from mmdigits.models.loading import read_checkpoint
+
+    seen = []
+
+    def fake_peer(dm):
+        seen.append(len(dm.train_set) + len(dm.val_set))
+        return {"missing": "not under test"}
+
+    monkeypatch.setitem(
+        peers.PEERS, "audio_digit", peers.PEERS["audio_digit"]._replace(fit_and_score=fake_peer)
+    )
+    args = [
+        "--data-dir",
+        str(tiny_dataset_dir),
+        "--seeds",
+        "3",
+        "--out",
+        str(tmp_path),
+        "audio_encoder=rocket",
+    ]
+    assert peers.main(args) == 0
+    row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| ours,"))
+    assert row.startswith("| ours, experiment=audio_only audio_encoder=rocket, seed=3 | ")
+    metrics = json.loads((tmp_path / "audio_only_audio_encoder-rocket_seed3" / "metrics.json").read_text())
+    encoder = read_checkpoint(metrics["best_model_path"])["hyper_parameters"]["audio_encoder"]["_target_"]
+    assert encoder == "mmdigits.models.audio.RocketEncoder" and seen and seen[0] > 0
+
+
 def test_peers_bench_image_side(tiny_dataset_dir, tmp_path, capsys, monkeypatch):
     """An image-only experiment gets the image peer (scikit-learn's SVC), fit on every training image and
     scored on the test images our run is scored on; without --data-dir every part reads the experiment's

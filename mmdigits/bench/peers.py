@@ -1,7 +1,7 @@
 """Our unimodal model next to the reference a user would pick instead, on the same split, in one command:
 
     python -m mmdigits.bench.peers [--experiment audio_only] [--seeds 0 1 2] [--data-dir DIR]
-        [--members N]
+        [--members N] [OVERRIDE ...]
 
 The experiment's task picks the peer. Audio (``experiment=audio_only``): aeon's MiniRocket
 (``MiniRocketClassifier(random_state=0)``; ``pip install -e ".[peers]"``), fit on every utterance of the
@@ -14,6 +14,9 @@ scored on. Ours trains as the experiment does (its own seeds). Printed side by s
 ``--members N`` also scores ours as an ensemble of N runs per seed s (seeds s, s + 100, ...; the first is the
 single run of seed s), as a user would: ``python -m mmdigits.evaluate ckpt_path=[...]``. Its time is the
 members' runs plus that command; its rate, the members' rates combined (they run one after another).
+
+Hydra overrides after the options change our runs, and the split the peer reads where they touch the data:
+``python -m mmdigits.bench.peers audio_encoder=rocket`` puts MiniRocket as our encoder next to aeon's.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -109,11 +113,14 @@ def _command(module: str, args: list[str], run: Path) -> tuple[dict[str, Any], f
     return json.loads((run / "metrics.json").read_text()), wall
 
 
-def ours(data_dir: str, experiment: str, seed: int, out: Path) -> dict[str, Any]:
-    """One ``python -m mmdigits.train experiment=...`` run."""
-    run = out / f"{experiment}_seed{seed}"
+def ours(
+    data_dir: str, experiment: str, seed: int, out: Path, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """One ``python -m mmdigits.train experiment=... [overrides]`` run."""
+    run = out / f"{_slug([experiment, *overrides])}_seed{seed}"
     args = [
         f"experiment={experiment}",
+        *overrides,
         f"data.dir={data_dir}",
         f"seed={seed}",
         f"hydra.run.dir={run}",
@@ -142,6 +149,10 @@ def ensemble(data_dir: str, members: list[dict[str, Any]], out: Path) -> dict[st
     return {"acc": m["test/acc"], "wall_s": wall + sum(r["wall_s"] for r in members), "per_s": per_s}
 
 
+def _slug(overrides: Sequence[str]) -> str:
+    return re.sub(r"[^\w.+-]+", "-", "_".join(overrides)).strip("-")  # a path Hydra can take as a value
+
+
 def _rate(r: dict[str, Any]) -> str:
     return f"{r['per_s']:,.0f}" if r["per_s"] else ""
 
@@ -155,12 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--members", type=int, default=1, help="also score ensembles of N runs per seed")
     parser.add_argument("--out", default="logs/bench/peers", help="where our runs go")
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides for our runs, e.g. audio_encoder=rocket"
+    )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     from hydra.utils import instantiate
 
-    overrides = [f"experiment={args.experiment}"] + ([f"data.dir={args.data_dir}"] if args.data_dir else [])
-    cfg = compose(overrides)
+    data = [f"data.dir={args.data_dir}"] if args.data_dir else []
+    cfg = compose([f"experiment={args.experiment}", *args.overrides, *data])
     data_dir = str(cfg.data.dir)  # every run of the command reads this one
     if cfg.data.task not in PEERS:
         parser.error(
@@ -184,18 +198,20 @@ def main(argv: list[str] | None = None) -> int:
         note = f"fit on the {n_train} {peer.train}"
         rows.append((peer.name, acc, f"{result['fit_s']:.1f}", f"{result['per_s']:,.0f}", note))
     accs, ens_accs = [], []
+    label = " ".join([f"experiment={args.experiment}", *args.overrides])
     for seed in args.seeds:
         members = []
         for k in range(args.members):
-            r = ours(data_dir, args.experiment, seed + 100 * k, Path(args.out))
+            r = ours(data_dir, args.experiment, seed + 100 * k, Path(args.out), args.overrides)
             members.append(r)
             accs.append(r["acc"])
-            name = f"ours, experiment={args.experiment}, seed={seed + 100 * k}"
+            name = f"ours, {label}, seed={seed + 100 * k}"
             rows.append(
                 (name, f"{r['acc']:.4f}", f"{r['wall_s']:.1f}", _rate(r), "whole run: train, validate, test")
             )
         if args.members > 1:
-            r = ensemble(data_dir, members, Path(args.out) / f"ensemble{args.members}_seed{seed}")
+            slug = _slug(args.overrides) + "_" if args.overrides else ""
+            r = ensemble(data_dir, members, Path(args.out) / f"ensemble{args.members}_{slug}seed{seed}")
             ens_accs.append(r["acc"])
             name = f"ours, ensemble of the {args.members} runs above (seed {seed})"
             rows.append(
