@@ -103,8 +103,8 @@ def test_peers_bench_side_by_side(tiny_dataset_dir, tmp_path, capsys):
 
 
 def test_peers_bench_passes_overrides_to_our_runs(tiny_dataset_dir, tmp_path, capsys, monkeypatch):
-    """Hydra overrides after the options reach our runs (here: MiniRocket as our encoder) and the row names
-    them; the peer still gets the run's split."""
+    """Hydra overrides (key=value words, wherever they stand) reach our runs (here: MiniRocket as our
+    encoder) and the row names them; the peer still gets the run's split."""
     from mmdigits.bench import peers
     from mmdigits.models.loading import read_checkpoint
 
@@ -122,9 +122,9 @@ def test_peers_bench_passes_overrides_to_our_runs(tiny_dataset_dir, tmp_path, ca
         str(tiny_dataset_dir),
         "--seeds",
         "3",
+        "audio_encoder=rocket",  # after a many-valued option: still an override
         "--out",
         str(tmp_path),
-        "audio_encoder=rocket",
     ]
     assert peers.main(args) == 0
     row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| ours,"))
@@ -132,6 +132,10 @@ def test_peers_bench_passes_overrides_to_our_runs(tiny_dataset_dir, tmp_path, ca
     metrics = json.loads((tmp_path / "audio_only_audio_encoder-rocket_seed3" / "metrics.json").read_text())
     encoder = read_checkpoint(metrics["best_model_path"])["hyper_parameters"]["audio_encoder"]["_target_"]
     assert encoder == "mmdigits.models.audio.RocketEncoder" and seen and seen[0] > 0
+
+    with pytest.raises(SystemExit):  # what the command's options set is refused as an override
+        peers.main([*args, "seed=1"])
+    assert "seed=1: the command sets seed itself; use --seeds" in capsys.readouterr().err
 
 
 def test_peers_bench_image_side(tiny_dataset_dir, tmp_path, capsys, monkeypatch):

@@ -15,8 +15,9 @@ scored on. Ours trains as the experiment does (its own seeds). Printed side by s
 single run of seed s), as a user would: ``python -m mmdigits.evaluate ckpt_path=[...]``. Its time is the
 members' runs plus that command; its rate, the members' rates combined (they run one after another).
 
-Hydra overrides after the options change our runs, and the split the peer reads where they touch the data:
-``python -m mmdigits.bench.peers audio_encoder=rocket`` puts MiniRocket as our encoder next to aeon's.
+Hydra overrides (``key=value`` words, anywhere in the command) change our runs, and the split the peer reads
+where they touch the data: ``python -m mmdigits.bench.peers audio_encoder=rocket`` puts MiniRocket as our
+encoder next to aeon's. What the options set (experiment, seed, data.dir, hydra.run.dir) is refused as one.
 """
 
 from __future__ import annotations
@@ -103,6 +104,14 @@ PEERS = {  # by the experiment's task
 }  # fmt: skip
 
 
+OWN_KEYS = {  # what each of our runs gets from the command's options, not from an override
+    "experiment": "--experiment",
+    "seed": "--seeds",
+    "data.dir": "--data-dir",
+    "hydra.run.dir": "--out",
+}
+
+
 def _command(module: str, args: list[str], run: Path) -> tuple[dict[str, Any], float]:
     """``python -m <module> args...`` as a user starts it: its run's metrics.json and its wall time."""
     start = time.perf_counter()
@@ -167,9 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--members", type=int, default=1, help="also score ensembles of N runs per seed")
     parser.add_argument("--out", default="logs/bench/peers", help="where our runs go")
     parser.add_argument(
-        "overrides", nargs="*", help="Hydra overrides for our runs, e.g. audio_encoder=rocket"
+        "overrides", nargs="*", help="Hydra overrides for our runs, e.g. audio_encoder=rocket (anywhere)"
     )
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # key=value words are overrides wherever they stand, so that `--seeds 0 1 audio_encoder=rocket` works
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = parser.parse_args([a for a in argv if a not in overrides])
+    args.overrides = overrides
+    for a in overrides:
+        key = a.lstrip("+~").split("=")[0]
+        if key in OWN_KEYS:
+            parser.error(f"{a}: the command sets {key} itself; use {OWN_KEYS[key]}")
     warnings.filterwarnings("ignore")
     from hydra.utils import instantiate
 
