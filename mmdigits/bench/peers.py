@@ -158,8 +158,8 @@ def ensemble(data_dir: str, members: list[dict[str, Any]], out: Path) -> dict[st
     return {"acc": m["test/acc"], "wall_s": wall + sum(r["wall_s"] for r in members), "per_s": per_s}
 
 
-def _slug(overrides: Sequence[str]) -> str:
-    return re.sub(r"[^\w.+-]+", "-", "_".join(overrides)).strip("-")  # a path Hydra can take as a value
+def _slug(words: Sequence[str]) -> str:
+    return re.sub(r"[^\w.+-]+", "-", "_".join(words)).strip("-")  # a path Hydra can take as a value
 
 
 def _rate(r: dict[str, Any]) -> str:
@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((peer.name, acc, f"{result['fit_s']:.1f}", f"{result['per_s']:,.0f}", note))
     accs, ens_accs = [], []
     label = " ".join([f"experiment={args.experiment}", *args.overrides])
+    ensemble_tag = f"ensemble{args.members}_" + (_slug(args.overrides) + "_" if args.overrides else "")
     for seed in args.seeds:
         members = []
         for k in range(args.members):
@@ -227,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 (name, f"{r['acc']:.4f}", f"{r['wall_s']:.1f}", _rate(r), "whole run: train, validate, test")
             )
         if args.members > 1:
-            slug = _slug(args.overrides) + "_" if args.overrides else ""
-            r = ensemble(data_dir, members, Path(args.out) / f"ensemble{args.members}_{slug}seed{seed}")
+            r = ensemble(data_dir, members, Path(args.out) / f"{ensemble_tag}seed{seed}")
             ens_accs.append(r["acc"])
             name = f"ours, ensemble of the {args.members} runs above (seed {seed})"
             rows.append(
