@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mmdigits.models.augment import cepstral_warp, freq_mask, speed_perturb, time_mask
-from mmdigits.models.layers import lengths_to_mask, with_deltas
+from mmdigits.models.layers import lengths_to_mask, masked_frames
 
 
 def _batch(lengths: list[int], T: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,7 +74,7 @@ def test_cepstral_warp_stretches_the_envelope_and_keeps_padding_zero():
 def test_deltas_are_padding_invariant():
     x, lens = _batch([3, 7])
     wide = torch.cat([x, torch.zeros(2, 30, 13)], dim=1)
-    d, d_wide = with_deltas(x, lens), with_deltas(wide, lens)
+    d, d_wide = (masked_frames(v, lengths_to_mask(lens, v.shape[1]), deltas=True) for v in (x, wide))
     assert d.shape == (2, 40, 26) and torch.equal(d_wide[:, :40], d) and (d_wide[:, 40:] == 0).all()
     torch.testing.assert_close(d[0, 1, 13:], (x[0, 2] - x[0, 0]) / 2)
     torch.testing.assert_close(d[0, 2, 13:], (0 - x[0, 1]) / 2)  # the frame after the last counts as zero

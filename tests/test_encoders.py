@@ -33,6 +33,12 @@ VARIANTS = {
     "transformer_learned": ("transformer", dict(positional="learned")),
     "cnn2d_strided": ("cnn2d", dict(time_strides=[2, 2, 1], kernel_size=5)),
     "rocket_soft_deltas": ("rocket", dict(tau=0.1, deltas=True)),
+    "inception_squeezed": (
+        "inception",
+        dict(
+            depth=2, residual_every=1, kernel_sizes=[3, 7], filters=8, bottleneck=4, pool="mean", dropout=0.1
+        ),
+    ),
 }
 ALL_AUDIO = {**{n: (n, {}) for n in AUDIO}, **VARIANTS}
 LENGTHS = [1, 2, 5, 17, 40, 93, 64, 3]

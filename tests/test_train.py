@@ -53,9 +53,13 @@ def test_fast_dev_run_every_model_and_task(model, task, tmp_path, tiny_dataset_d
     assert np.isfinite(metrics["test/acc"])
 
 
-@pytest.mark.parametrize("model", ["image_only", "audio_only"])
+@pytest.mark.parametrize(
+    "model",
+    [["model=image_only"], ["model=audio_only"], ["model=audio_only", "audio_encoder=inception"]],
+    ids=["image_only", "audio_only", "audio_only_inception"],
+)
 def test_fast_dev_run_unimodal(model, tmp_path, tiny_dataset_dir):
-    metrics = run_train(tmp_path, tiny_dataset_dir, f"model={model}", "debug=fast_dev_run")
+    metrics = run_train(tmp_path, tiny_dataset_dir, *model, "debug=fast_dev_run")
     assert metrics["global_step"] == 1 and np.isfinite(metrics["test/acc"])
 
 

@@ -20,10 +20,10 @@ from .layers import (
     MaskedBatchNorm,
     conv_out_lengths,
     lengths_to_mask,
+    masked_frames,
     masked_mean,
     masked_pool,
     pool_width,
-    with_deltas,
 )
 from .rnn import MaskedRNN
 
@@ -138,9 +138,9 @@ class CNN1dEncoder(nn.Module):
         self.out_dim = pool_width(self.convs.out_channels, pool)
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        feats = with_deltas(x, lengths) if self.deltas else x
+        mask = lengths_to_mask(lengths, x.shape[1])
+        feats = masked_frames(x, mask, self.deltas)
         if self.cmn:
-            mask = lengths_to_mask(lengths, x.shape[1])
             centred = (x - masked_mean(x, mask).unsqueeze(1)) * mask.unsqueeze(-1).to(x.dtype)
             feats = torch.cat([feats, centred], dim=-1)
         h, lengths = self.convs(feats, lengths)
@@ -328,7 +328,7 @@ class RocketEncoder(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         mask = lengths_to_mask(lengths, x.shape[1])
-        x = (with_deltas(x, lengths) if self.deltas else x * mask.unsqueeze(-1).to(x.dtype)).transpose(1, 2)
+        x = masked_frames(x, mask, self.deltas).transpose(1, 2)
         convs = [
             F.conv1d(x, w.to(x.dtype), padding=4 * d, dilation=d) for w, d in zip(self.weight, self.dilations)
         ]

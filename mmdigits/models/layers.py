@@ -19,13 +19,15 @@ def conv_out_lengths(lengths: Tensor, kernel_size: int, stride: int = 1, padding
     return torch.div(lengths + 2 * padding - kernel_size, stride, rounding_mode="floor") + 1
 
 
-def with_deltas(x: Tensor, lengths: Tensor) -> Tensor:
-    """x (B, T, C) zero past each length -> (B, T, 2C): x and its first differences (x[t+1] - x[t-1]) / 2
-    (frames outside an utterance count as zero; zero past each length)."""
-    mask = lengths_to_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
-    x = x * mask
+def masked_frames(x: Tensor, mask: Tensor, deltas: bool = False) -> Tensor:
+    """x (B, T, C) zeroed where mask (B, T) is False -> (B, T, C); with ``deltas``, (B, T, 2C): its first
+    differences (x[t+1] - x[t-1]) / 2 as C more channels (frames outside an utterance count as zero)."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    x = x * m
+    if not deltas:
+        return x
     padded = F.pad(x, (0, 0, 1, 1))
-    return torch.cat([x, (padded[:, 2:] - padded[:, :-2]) * (0.5 * mask)], dim=-1)
+    return torch.cat([x, (padded[:, 2:] - padded[:, :-2]) * (0.5 * m)], dim=-1)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
