@@ -54,12 +54,12 @@ def test_fast_dev_run_every_model_and_task(model, task, tmp_path, tiny_dataset_d
 
 
 @pytest.mark.parametrize(
-    "model",
+    "overrides",
     [["model=image_only"], ["model=audio_only"], ["model=audio_only", "audio_encoder=inception"]],
     ids=["image_only", "audio_only", "audio_only_inception"],
 )
-def test_fast_dev_run_unimodal(model, tmp_path, tiny_dataset_dir):
-    metrics = run_train(tmp_path, tiny_dataset_dir, *model, "debug=fast_dev_run")
+def test_fast_dev_run_unimodal(overrides, tmp_path, tiny_dataset_dir):
+    metrics = run_train(tmp_path, tiny_dataset_dir, *overrides, "debug=fast_dev_run")
     assert metrics["global_step"] == 1 and np.isfinite(metrics["test/acc"])
 
 
