@@ -25,11 +25,16 @@ EVAL = ["data.eval_batch_size=64", "trainer.enable_progress_bar=false"]
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, tiny_dataset_dir) -> list[str]:
-    """Two match models that differ only in their seed (2 epochs each on the tiny dataset)."""
+    """Two match models (2 epochs each on the tiny dataset) with different seeds and audio encoders: members
+    need only share the task and the corpus."""
     paths = []
-    for seed in (0, 1):
+    for seed, audio in ((0, "cnn1d"), (1, "inception")):
         m = run_train(
-            tmp_path_factory.mktemp(f"seed{seed}"), tiny_dataset_dir, "trainer.max_epochs=2", f"seed={seed}"
+            tmp_path_factory.mktemp(f"seed{seed}"),
+            tiny_dataset_dir,
+            "trainer.max_epochs=2",
+            f"seed={seed}",
+            f"audio_encoder={audio}",
         )
         paths.append(m["best_model_path"])
     return paths
@@ -69,6 +74,8 @@ def test_ensemble_of_one_model_twice_scores_as_that_model(two_runs, tiny_dataset
 def test_ensemble_metrics_are_those_of_the_mean_probability(two_runs, tiny_dataset_dir, tmp_path):
     cfg = eval_cfg("evaluate", two_runs, tiny_dataset_dir, tmp_path)
     metrics = evaluate(cfg)
+    encoders = {type(load_model_and_data(cfg, p)[0].audio_encoder).__name__ for p in two_runs}
+    assert encoders == {"CNN1dEncoder", "InceptionEncoder"}  # a mixed ensemble
     proba, target = plain_mean_proba(cfg, two_runs)
     assert metrics["test/acc"] == pytest.approx(float(BinaryAccuracy()(proba, target)), abs=1e-6)
     assert metrics["test/auroc"] == pytest.approx(float(BinaryAUROC()(proba, target)), abs=1e-6)
