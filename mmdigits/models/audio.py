@@ -138,11 +138,13 @@ class CNN1dEncoder(nn.Module):
         self.out_dim = pool_width(self.convs.out_channels, pool)
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        mask = lengths_to_mask(lengths, x.shape[1])
-        feats = masked_frames(x, mask, self.deltas)
-        if self.cmn:
-            centred = (x - masked_mean(x, mask).unsqueeze(1)) * mask.unsqueeze(-1).to(x.dtype)
-            feats = torch.cat([feats, centred], dim=-1)
+        feats = x  # the conv stack zeroes padded frames itself: no mask needed here for the MFCCs alone
+        if self.deltas or self.cmn:
+            mask = lengths_to_mask(lengths, x.shape[1])
+            feats = masked_frames(x, mask, self.deltas)
+            if self.cmn:
+                centred = (x - masked_mean(x, mask).unsqueeze(1)) * mask.unsqueeze(-1).to(x.dtype)
+                feats = torch.cat([feats, centred], dim=-1)
         h, lengths = self.convs(feats, lengths)
         return masked_pool(h, lengths_to_mask(lengths, h.shape[1]), self.pool)
 
