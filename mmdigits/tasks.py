@@ -79,10 +79,12 @@ class Task:
         """The fusion's (B, num_outputs) output as this task's logits, in float32: (B,) or (B, 10)."""
         return raw.squeeze(-1).float() if self.binary else raw.float()
 
-    def loss(self, logits: Tensor, target: Tensor) -> Tensor:
+    def loss(self, logits: Tensor, target: Tensor, smoothing: float = 0.0) -> Tensor:
+        """Cross-entropy; ``smoothing`` moves that share of each target to a uniform guess."""
         if self.binary:
-            return F.binary_cross_entropy_with_logits(logits, target.float())
-        return F.cross_entropy(logits, target)
+            soft = target.float() * (1 - smoothing) + smoothing / 2
+            return F.binary_cross_entropy_with_logits(logits, soft)
+        return F.cross_entropy(logits, target, label_smoothing=smoothing)
 
     def proba(self, logits: Tensor) -> Tensor:
         """P(match) (B,) or the digit posterior (B, 10)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mmdigits.models.augment import cepstral_warp, freq_mask, speed_perturb, time_mask
+from mmdigits.models.augment import cepstral_warp, draw_mix, freq_mask, mix, speed_perturb, time_mask
 from mmdigits.models.layers import lengths_to_mask, masked_frames
 
 
@@ -126,3 +126,17 @@ def test_random_affine_elastic_bends_strokes_and_keeps_the_paper():
     assert torch.isclose(bent[:, :, 0, 0], torch.tensor(-0.4)).all()
     ink = (bent + 0.4).sum((1, 2, 3)) / (img + 0.4).sum((1, 2, 3))
     assert ((ink > 0.4) & (ink < 1.6)).all()  # bent, not torn away or smeared over the page
+
+
+def test_draw_mix_pairs_every_example_and_keeps_its_own_label_the_larger_share():
+    torch.manual_seed(0)
+    weights = []
+    for _ in range(200):
+        partners, lam = draw_mix(16, 0.4, torch.device("cpu"))
+        assert sorted(partners.tolist()) == list(range(16))
+        weights.append(lam)
+    assert min(weights) >= 0.5 and max(weights) <= 1.0
+    # Beta(0.4, 0.4) folded to [0.5, 1]: mostly near 1, but a spread, not one value
+    assert 0.7 < sum(weights) / len(weights) < 0.9 and max(weights) - min(weights) > 0.3
+    x = torch.arange(6.0).reshape(3, 2)
+    torch.testing.assert_close(mix(x, torch.tensor([1, 2, 0]), 0.75), 0.75 * x + 0.25 * x[[1, 2, 0]])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mmdigits.data.datamodule import MMDigitsDataModule
+from mmdigits.models import augment as aug
 from mmdigits.models.loading import load_checkpoint_model
 from mmdigits.models.module import MultimodalModule
 from mmdigits.train import train
@@ -192,3 +193,55 @@ def test_audio_warp_augments_training_batches_only():
     assert (trained[pad] == 0).all() and (evaluated[pad] == 0).all()
     torch.testing.assert_close(evaluated[~pad], (batch["audio"][~pad] + 3.0) / 2.0)
     assert (trained[~pad] - evaluated[~pad]).abs().mean() > 0.05
+
+
+def test_mixup_blends_inputs_and_labels_in_training_only(monkeypatch):
+    """model.mixup_alpha: in training the encoder sees lam * x + (1 - lam) * x[partner] (zero past the longer
+    length) and the loss weighs both labels alike, with label smoothing on each; evaluation is unmixed and
+    unsmoothed."""
+    model = MultimodalModule(
+        task="audio_digit",
+        audio_encoder={"_target_": "mmdigits.models.audio.CNN1dEncoder"},
+        mixup_alpha=0.4,
+        label_smoothing=0.1,
+    )
+    partners, lam = torch.tensor([2, 0, 3, 1]), 0.7
+    monkeypatch.setattr(aug, "draw_mix", lambda n, alpha, device: (partners[:n], lam))
+    seen, raw = [], []
+    model.audio_encoder.register_forward_hook(lambda _m, args, _out: seen.append((args[0].clone(), args[1])))
+    model.fusion.register_forward_hook(lambda _m, _args, out: raw.append(out))
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([30, 12, 5, 20])
+    audio = torch.randn(4, 30, 13, generator=g) * (torch.arange(30)[None, :] < lengths[:, None])[..., None]
+    batch = {"audio": audio, "lengths": lengths, "target": torch.tensor([1, 2, 3, 4])}
+
+    loss = model.train()._step(batch, "train")
+    x, mixed_lengths = seen[0]
+    torch.testing.assert_close(x, 0.7 * audio + 0.3 * audio[partners])  # mean 0, std 1: z-scores = MFCCs
+    assert mixed_lengths.tolist() == [30, 30, 20, 20]
+    ce = torch.nn.functional.cross_entropy
+    t = batch["target"]
+    expected = 0.7 * ce(raw[0], t, label_smoothing=0.1) + 0.3 * ce(raw[0], t[partners], label_smoothing=0.1)
+    torch.testing.assert_close(loss, expected)
+
+    val_loss = model.eval()._step(batch, "val")
+    torch.testing.assert_close(seen[1][0], audio)
+    assert seen[1][1].tolist() == lengths.tolist()
+    torch.testing.assert_close(val_loss, ce(raw[1], t))  # validation reports the plain NLL
+
+
+def test_mixup_is_refused_for_the_binary_match_task():
+    with pytest.raises(ValueError, match="mixup_alpha.*'match' is binary"):
+        MultimodalModule(
+            task="match", audio_encoder={"_target_": "mmdigits.models.audio.CNN1dEncoder"}, mixup_alpha=0.2
+        )
+
+
+def test_label_smoothing_moves_binary_targets_towards_one_half():
+    task = MultimodalModule(
+        task="match", audio_encoder={"_target_": "mmdigits.models.audio.CNN1dEncoder"}
+    ).task
+    logits, target = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([1.0, 0.0, 1.0])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    torch.testing.assert_close(task.loss(logits, target, 0.2), bce(logits, torch.tensor([0.9, 0.1, 0.9])))
+    torch.testing.assert_close(task.loss(logits, target), bce(logits, target))

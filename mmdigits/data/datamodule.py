@@ -22,6 +22,29 @@ from mmdigits.tasks import SplitPart, get_task
 log = logging.getLogger(__name__)
 
 
+def train_pos_rate(dm: Any) -> float:
+    """Positive rate the model sees in training batches (0.5 under a balanced sampler)."""
+    rate = getattr(dm, "train_pos_rate", None)
+    if rate is not None:
+        return float(rate)
+    return 0.5 if getattr(dm, "sampler", "none") != "none" else float(dm.pos_rate)
+
+
+def data_info(dm: Any) -> dict[str, Any]:
+    """What a checkpoint must know about its training data: the audio corpus, the MFCC settings for raw wavs
+    (FSDD builds only; None for precomputed Arabic/challenge MFCC) and the build settings."""
+    data = getattr(dm, "data", None)
+    manifest = getattr(data, "manifest", None) or {}
+    settings = manifest.get("settings") or {}
+    return {
+        "audio": settings.get("audio", getattr(dm, "audio", None)),
+        "mfcc": settings.get("mfcc"),
+        "build": settings or None,
+        "dir": str(getattr(dm, "dir", "")),
+        "has_digit_labels": bool(getattr(dm, "has_digit_labels", False)),
+    }
+
+
 class MMDigitsDataModule(L.LightningDataModule):
     """Loads (auto-building if needed) a challenge directory and serves batches for one task.
 

@@ -19,6 +19,18 @@ def random_shift(image: Tensor, shift: int) -> Tensor:
     return padded[:, :, dy : dy + image.shape[2], dx : dx + image.shape[3]]
 
 
+def draw_mix(batch_size: int, alpha: float, device: torch.device) -> tuple[Tensor, float]:
+    """Mixup (Zhang et al., 2018): a partner for each example (a permutation of the batch) and one weight
+    lam ~ Beta(alpha, alpha), folded to lam >= 0.5 so that each blend's own label keeps the larger share."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    return torch.randperm(batch_size, device=device), max(lam, 1.0 - lam)
+
+
+def mix(x: Tensor, partners: Tensor, lam: float) -> Tensor:
+    """lam * x + (1 - lam) * x[partners]."""
+    return torch.lerp(x[partners], x, lam)
+
+
 def time_mask(audio: Tensor, lengths: Tensor, width: int) -> Tensor:
     """SpecAugment-style: zero one block of up to ``width`` frames inside each utterance (at least one frame
     of every utterance is kept)."""

@@ -21,11 +21,13 @@ from torch import Tensor, nn
 from torchmetrics import CatMetric, MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mmdigits.data.datamodule import data_info, train_pos_rate
 from mmdigits.models import augment as aug
 from mmdigits.models.fusion import FusionOutput
 from mmdigits.models.layers import lengths_to_mask
 from mmdigits.models.schedule import build_scheduler, check_resume_budget, spans_max_epochs
 from mmdigits.tasks import MODALITIES, N_DIGITS, get_task
+from mmdigits.utils.figures import add_confusion_figure
 
 # buffers added after checkpoints were first written: loading an older checkpoint keeps their defaults
 OPTIONAL_BUFFERS = ("val_logit_shift",)
@@ -39,29 +41,6 @@ def plain(cfg: Any) -> Any:
     if isinstance(cfg, (DictConfig, ListConfig)):
         return OmegaConf.to_container(cfg, resolve=True)
     return cfg
-
-
-def _train_pos_rate(dm: Any) -> float:
-    """Positive rate the model sees in training batches (0.5 under a balanced sampler)."""
-    rate = getattr(dm, "train_pos_rate", None)
-    if rate is not None:
-        return float(rate)
-    return 0.5 if getattr(dm, "sampler", "none") != "none" else float(dm.pos_rate)
-
-
-def data_info_from(dm: Any) -> dict[str, Any]:
-    """What a checkpoint must know about its training data: the audio corpus, the MFCC settings for raw wavs
-    (FSDD builds only; None for precomputed Arabic/challenge MFCC) and the build settings."""
-    data = getattr(dm, "data", None)
-    manifest = getattr(data, "manifest", None) or {}
-    settings = manifest.get("settings") or {}
-    return {
-        "audio": settings.get("audio", getattr(dm, "audio", None)),
-        "mfcc": settings.get("mfcc"),
-        "build": settings or None,
-        "dir": str(getattr(dm, "dir", "")),
-        "has_digit_labels": bool(getattr(dm, "has_digit_labels", False)),
-    }
 
 
 class MultimodalModule(LightningModule):
@@ -88,6 +67,8 @@ class MultimodalModule(LightningModule):
         audio_freq_mask: int = 0,
         audio_speed: float = 0.0,
         audio_warp: float = 0.0,
+        mixup_alpha: float = 0.0,
+        label_smoothing: float = 0.0,
         image_shift: int = 0,
         image_affine: dict | None = None,
         channels_last: bool = True,
@@ -104,6 +85,8 @@ class MultimodalModule(LightningModule):
         self.modalities = [m for m in MODALITIES if m in self.task.modalities and given[m] is not None]
         if not self.modalities:
             raise ValueError(f"task {task!r} needs an encoder for one of {self.task.modalities}; got none")
+        if mixup_alpha > 0 and self.task.binary:
+            raise ValueError(f"model.mixup_alpha mixes digits; task {task!r} is binary: use a digit task")
         self.image_encoder = instantiate(image_encoder) if "image" in self.modalities else None
         self.audio_encoder = instantiate(audio_encoder) if "audio" in self.modalities else None
         # NHWC lets oneDNN pick its fast kernels for small convolutions (about 1.3x for LeNet on CPU)
@@ -153,8 +136,8 @@ class MultimodalModule(LightningModule):
         if stage == "fit" and dm is not None and getattr(dm, "stats", None):
             self.set_normalization(dm.stats)
             if self.task.binary and self.hparams.prior_correction:
-                self.set_prior(dm.pos_rate, _train_pos_rate(dm))
-            self.hparams["data_info"] = data_info_from(dm)  # saved with the checkpoint's hparams
+                self.set_prior(dm.pos_rate, train_pos_rate(dm))
+            self.hparams["data_info"] = data_info(dm)  # saved with the checkpoint's hparams
 
     def set_normalization(self, stats: dict[str, Tensor]) -> None:
         for name in ("audio_mean", "audio_std", "image_mean", "image_std"):
@@ -178,8 +161,9 @@ class MultimodalModule(LightningModule):
         self.prior_logit_shift.fill_(logit(data_pos_rate) - logit(train_pos_rate))
 
     # ------------------------------------------------------------------ the logits path
-    def encode(self, batch: dict[str, Tensor]) -> list[Tensor]:
-        """Normalise (and, in training, augment) the raw batch; one feature tensor per modality."""
+    def encode(self, batch: dict[str, Tensor], mix: tuple[Tensor, float] | None = None) -> list[Tensor]:
+        """Normalise (and, in training, augment) the raw batch; one feature tensor per modality. ``mix``
+        (partner indices, weight) blends each example with its partner after augmentation (mixup)."""
         feats = []
         if self.image_encoder is not None:
             image = (batch["image"].float() / 255.0 - self.image_mean) / self.image_std
@@ -187,6 +171,8 @@ class MultimodalModule(LightningModule):
                 image = aug.random_shift(image, self.hparams.image_shift)
             if self.training and self.hparams.image_affine:
                 image = aug.random_affine(image, **self.hparams.image_affine)
+            if mix is not None:
+                image = aug.mix(image, *mix)
             if self.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
             feats.append(self.image_encoder(image))
@@ -196,6 +182,8 @@ class MultimodalModule(LightningModule):
             audio = audio * lengths_to_mask(lengths, audio.shape[1]).unsqueeze(-1)
             if self.training:
                 audio, lengths = self._augment_audio(audio, lengths)
+            if mix is not None:  # zero past each length, so the blend is zero past the longer one
+                audio, lengths = aug.mix(audio, *mix), torch.maximum(lengths, lengths[mix[0]])
             feats.append(self.audio_encoder(audio, lengths))
         return self._modality_dropout(feats)
 
@@ -243,18 +231,22 @@ class MultimodalModule(LightningModule):
 
     # ------------------------------------------------------------------ steps
     def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
-        out = self.fuse(self.encode(batch))
+        alpha = self.hparams.mixup_alpha
+        mix = None
+        if stage == "train" and alpha > 0:
+            mix = aug.draw_mix(len(batch["target"]), alpha, self.device)
+        out = self.fuse(self.encode(batch, mix))
         target = batch["target"]
-        loss = self.task.loss(out.logits, target)
+        smoothing = self.hparams.label_smoothing if stage == "train" else 0.0  # val/test: the plain NLL
+        loss = self._label_loss(out, batch, smoothing)
+        if mix is not None:  # the partners' labels, weighted as their inputs were
+            partners = {k: v[mix[0]] for k, v in batch.items() if k == "target" or k.endswith("_digit")}
+            loss = mix[1] * loss + (1.0 - mix[1]) * self._label_loss(out, partners, smoothing)
         logits = self.decision_logits(out.logits)
         if stage == "val" and self.task.binary and self.hparams.threshold_from_val:
             self.val_logits.update(logits.detach())
             self.val_targets.update(target.detach().float())
         heads = out.modality_logits
-        if heads is not None and self.hparams.aux_digit_weight > 0:
-            aux_loss = self._aux_loss(heads, batch)
-            if aux_loss is not None:
-                loss = loss + self.hparams.aux_digit_weight * aux_loss
         if self.hparams.balance_weight > 0 and hasattr(self.fusion, "balance_loss"):
             loss = loss + self.hparams.balance_weight * self.fusion.balance_loss(heads)
 
@@ -265,6 +257,15 @@ class MultimodalModule(LightningModule):
             self._update_aux_acc(heads, batch, stage)
         if stage == "test":
             self.test_confmat.update(preds, target.long())
+        return loss
+
+    def _label_loss(self, out: FusionOutput, labels: dict[str, Tensor], smoothing: float) -> Tensor:
+        """The task's loss, plus the heads' digit loss when digit labels supervise them."""
+        loss = self.task.loss(out.logits, labels["target"], smoothing)
+        if out.modality_logits is not None and self.hparams.aux_digit_weight > 0:
+            aux_loss = self._aux_loss(out.modality_logits, labels)
+            if aux_loss is not None:
+                loss = loss + self.hparams.aux_digit_weight * aux_loss
         return loss
 
     def _aux_loss(self, heads: list[Tensor], batch: dict[str, Tensor]) -> Tensor | None:
@@ -363,20 +364,10 @@ class MultimodalModule(LightningModule):
                 metric.reset()
 
     def _log_confusion_figure(self) -> None:
-        if not self.test_confmat.update_called:
-            return
-        self.confusion = self.test_confmat.compute().cpu()
-        for logger in self.loggers:
-            writer = getattr(logger, "experiment", None)
-            if hasattr(writer, "add_figure") and self.trainer.is_global_zero:
-                import matplotlib
-
-                matplotlib.use("Agg")
-                import matplotlib.pyplot as plt
-
-                fig, _ = self.test_confmat.plot(self.confusion)
-                writer.add_figure("test/confusion_matrix", fig, global_step=self.global_step)
-                plt.close(fig)
+        if self.test_confmat.update_called:
+            self.confusion = self.test_confmat.compute().cpu()
+            if self.trainer.is_global_zero:
+                add_confusion_figure(self.loggers, self.test_confmat, self.confusion, self.global_step)
 
     # ------------------------------------------------------------------ optimisers
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
