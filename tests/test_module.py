@@ -230,10 +230,19 @@ def test_mixup_blends_inputs_and_labels_in_training_only(monkeypatch):
     torch.testing.assert_close(val_loss, ce(raw[1], t))  # validation reports the plain NLL
 
 
-def test_mixup_is_refused_for_the_binary_match_task():
-    with pytest.raises(ValueError, match="mixup_alpha.*'match' is binary"):
+@pytest.mark.parametrize(
+    "task, options, message",
+    [
+        ("match", {"mixup_alpha": 0.2}, "mixup_alpha.*'match' is binary"),
+        ("audio_digit", {"mixup_alpha": -1.0}, "mixup_alpha >= 0.*got -1.0"),
+        ("audio_digit", {"label_smoothing": 1.0}, "label_smoothing < 1.*and 1.0"),
+    ],
+    ids=["mixup_on_match", "negative_alpha", "smoothing_of_one"],
+)
+def test_mixup_and_smoothing_refuse_what_they_cannot_do(task, options, message):
+    with pytest.raises(ValueError, match=message):
         MultimodalModule(
-            task="match", audio_encoder={"_target_": "mmdigits.models.audio.CNN1dEncoder"}, mixup_alpha=0.2
+            task=task, audio_encoder={"_target_": "mmdigits.models.audio.CNN1dEncoder"}, **options
         )
 
 

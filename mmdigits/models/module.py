@@ -85,6 +85,11 @@ class MultimodalModule(LightningModule):
         self.modalities = [m for m in MODALITIES if m in self.task.modalities and given[m] is not None]
         if not self.modalities:
             raise ValueError(f"task {task!r} needs an encoder for one of {self.task.modalities}; got none")
+        if mixup_alpha < 0 or not 0 <= label_smoothing < 1:
+            raise ValueError(
+                f"need model.mixup_alpha >= 0 and 0 <= model.label_smoothing < 1; got "
+                f"{mixup_alpha} and {label_smoothing}"
+            )
         if mixup_alpha > 0 and self.task.binary:
             raise ValueError(f"model.mixup_alpha mixes digits; task {task!r} is binary: use a digit task")
         self.image_encoder = instantiate(image_encoder) if "image" in self.modalities else None
