@@ -118,7 +118,7 @@ def predict_pair(
 ) -> dict[str, Any]:
     """The task's answer for one pair, plus each modality's digit where the model has per-modality heads."""
     model.eval()
-    out = model.fuse(model.encode(pair_batch(model, image, audio, name)))
+    out = model.infer(pair_batch(model, image, audio, name))
     res: dict[str, Any] = {
         "task": model.task.name,
         **model.task.summary(model.task.proba(model.decision_logits(out.logits))[0]),

@@ -86,6 +86,11 @@ class Task:
             return F.binary_cross_entropy_with_logits(logits, soft)
         return F.cross_entropy(logits, target, label_smoothing=smoothing)
 
+    def mean_logits(self, views: list[Tensor]) -> Tensor:
+        """Logits whose probabilities are the mean of the ``views``' probabilities."""
+        p = torch.stack([self.proba(v) for v in views]).mean(0)
+        return torch.logit(p, eps=1e-7) if self.binary else p.clamp_min(1e-12).log()
+
     def proba(self, logits: Tensor) -> Tensor:
         """P(match) (B,) or the digit posterior (B, 10)."""
         return torch.sigmoid(logits) if self.binary else logits.softmax(-1)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from mmdigits.models.augment import cepstral_warp, draw_mix, freq_mask, mix, speed_perturb, time_mask
+from mmdigits.models.augment import (
+    cepstral_warp,
+    draw_mix,
+    freq_mask,
+    mix,
+    shift_image,
+    speed_perturb,
+    time_mask,
+)
 from mmdigits.models.layers import lengths_to_mask, masked_frames
 
 
@@ -140,3 +148,16 @@ def test_draw_mix_pairs_every_example_and_keeps_its_own_label_the_larger_share()
     assert 0.7 < sum(weights) / len(weights) < 0.9 and max(weights) - min(weights) > 0.3
     x = torch.arange(6.0).reshape(3, 2)
     torch.testing.assert_close(mix(x, torch.tensor([1, 2, 0]), 0.75), 0.75 * x + 0.25 * x[[1, 2, 0]])
+
+
+def test_shift_image_moves_the_digit_and_fills_with_background():
+    image = torch.zeros(1, 1, 28, 28)
+    image[0, 0, 10, 20] = 255.0
+    for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1), (2, -1)):
+        moved = shift_image(image, dx, dy)
+        assert moved.shape == image.shape and moved.sum() == 255.0
+        assert moved[0, 0, 10 + dy, 20 + dx] == 255.0
+    edge = torch.full((1, 1, 28, 28), 7.0)
+    assert (shift_image(edge, 1, 0)[..., :, 0] == 0).all() and (
+        shift_image(edge, 0, -1)[..., -1, :] == 0
+    ).all()

@@ -146,3 +146,29 @@ def test_nll_matches_torch_losses():
     d = torch.randint(0, 10, (50,), generator=g)
     expected = float(F.cross_entropy(logits, d))
     assert nll(get_task("digit"), logits.softmax(-1), d) == pytest.approx(expected, rel=1e-5)
+
+
+@torch.no_grad()
+def test_evaluate_test_time_shifts_override_scores_the_mean_of_the_shifted_views(
+    two_runs, tiny_dataset_dir, tmp_path
+):
+    """``test_time_shifts=true`` turns the image's 1-pixel shifts on for a checkpoint trained without them:
+    its test metrics are those of a hand-written loop's mean probabilities over the five views."""
+    from mmdigits.models.augment import ONE_PIXEL_SHIFTS, shift_image
+
+    plain = evaluate(eval_cfg("evaluate", two_runs[:1], tiny_dataset_dir, tmp_path / "plain"))
+    cfg = eval_cfg("evaluate", two_runs[:1], tiny_dataset_dir, tmp_path / "tta", "test_time_shifts=true")
+    shifted = evaluate(cfg)
+    model, dm = load_model_and_data(eval_cfg("evaluate", two_runs[:1], tiny_dataset_dir, tmp_path / "ref"))
+    assert not model.hparams.get("test_time_shifts")  # trained without: the override alone turns it on
+    dm.prepare_data()
+    dm.setup("test")
+    probas, targets = [], []
+    for batch in dm.test_dataloader():
+        views = [batch["image"]] + [shift_image(batch["image"], dx, dy) for dx, dy in ONE_PIXEL_SHIFTS]
+        probas.append(torch.stack([model.eval().predict_proba({**batch, "image": v}) for v in views]).mean(0))
+        targets.append(batch["target"])
+    proba, target = torch.cat(probas), torch.cat(targets)
+    assert shifted["test/acc"] == pytest.approx(float(BinaryAccuracy()(proba, target)), abs=1e-6)
+    assert shifted["test/auroc"] == pytest.approx(float(BinaryAUROC()(proba, target)), abs=1e-6)
+    assert shifted["test/auroc"] != pytest.approx(plain["test/auroc"], abs=1e-6)  # the views changed it

@@ -254,3 +254,33 @@ def test_label_smoothing_moves_binary_targets_towards_one_half():
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     torch.testing.assert_close(task.loss(logits, target, 0.2), bce(logits, torch.tensor([0.9, 0.1, 0.9])))
     torch.testing.assert_close(task.loss(logits, target), bce(logits, target))
+
+
+@pytest.mark.parametrize("task", ["image_digit", "match"])
+def test_test_time_shifts_average_the_shifted_views_at_test_and_prediction_only(task):
+    """model.test_time_shifts: forward and the test step use the mean probabilities of the image and its four
+    1-pixel shifts; training and validation read the image as it is."""
+    encoders = {"image_encoder": {"_target_": "mmdigits.models.image.CNNEncoder"}}
+    if task == "match":
+        encoders["audio_encoder"] = {"_target_": "mmdigits.models.audio.CNN1dEncoder"}
+    model = MultimodalModule(task=task, test_time_shifts=True, aux_digit_weight=0.0, **encoders).eval()
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "image": torch.randint(0, 256, (6, 1, 28, 28), generator=g).float(),
+        "audio": torch.randn(6, 20, 13, generator=g),
+        "lengths": torch.full((6,), 20),
+        "target": torch.tensor([1, 0, 1, 1, 0, 1]).float() if task == "match" else torch.arange(6),
+    }
+    with torch.no_grad():
+        views = [batch["image"]] + [
+            aug.shift_image(batch["image"], dx, dy) for dx, dy in aug.ONE_PIXEL_SHIFTS
+        ]
+        plain = [model.fuse(model.encode({**batch, "image": v})).logits for v in views]
+        mean_p = torch.stack([model.task.proba(v) for v in plain]).mean(0)
+        torch.testing.assert_close(model.task.proba(model(batch)), mean_p)
+        assert not torch.allclose(mean_p, model.task.proba(plain[0]))  # the shifts do change the answer
+        test_loss = model._step(batch, "test")
+        torch.testing.assert_close(test_loss, model.task.loss(model.task.mean_logits(plain), batch["target"]))
+        torch.testing.assert_close(model._step(batch, "val"), model.task.loss(plain[0], batch["target"]))
+        model.hparams.test_time_shifts = False
+        torch.testing.assert_close(model.task.proba(model(batch)), model.task.proba(plain[0]))

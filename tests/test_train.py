@@ -59,7 +59,12 @@ def test_fast_dev_run_every_model_and_task(model, task, tmp_path, tiny_dataset_d
         ["model=image_only"],
         ["model=audio_only"],
         ["model=audio_only", "audio_encoder=inception"],
-        ["model=image_only", "model.mixup_alpha=0.4", "model.label_smoothing=0.1"],
+        [
+            "model=image_only",
+            "model.mixup_alpha=0.4",
+            "model.label_smoothing=0.1",
+            "model.test_time_shifts=true",
+        ],
         ["task=digit", "model.mixup_alpha=0.4"],  # with the heads' digit loss on both labels
     ],
     ids=["image_only", "audio_only", "audio_only_inception", "image_only_mixup", "digit_mixup"],

@@ -19,6 +19,16 @@ def random_shift(image: Tensor, shift: int) -> Tensor:
     return padded[:, :, dy : dy + image.shape[2], dx : dx + image.shape[3]]
 
 
+ONE_PIXEL_SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def shift_image(image: Tensor, dx: int, dy: int) -> Tensor:
+    """The batch moved ``dx`` pixels right and ``dy`` down; uncovered pixels are 0 (the background)."""
+    k = max(abs(dx), abs(dy))
+    padded = F.pad(image, (k, k, k, k))
+    return padded[:, :, k - dy : k - dy + image.shape[2], k - dx : k - dx + image.shape[3]]
+
+
 def draw_mix(batch_size: int, alpha: float, device: torch.device) -> tuple[Tensor, float]:
     """Mixup (Zhang et al., 2018): a partner for each example (a permutation of the batch) and one weight
     lam ~ Beta(alpha, alpha), folded to lam >= 0.5 so that each blend's own label keeps the larger share."""

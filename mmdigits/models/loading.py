@@ -189,5 +189,7 @@ def load_model_and_data(cfg: DictConfig, path: str | Path | None = None) -> tupl
                 f"{path}: the model was trained on {trained_on!r} audio, but {what}; "
                 f"point data.dir at a {trained_on!r} build (or leave data.audio unset)"
             )
+    if cfg.get("test_time_shifts") is not None:  # else as the checkpoint says
+        model.hparams["test_time_shifts"] = bool(cfg.test_time_shifts)
     audio = asked or trained_on
     return model, instantiate(cfg.data, task=model.task.name, audio=audio, _convert_="all")

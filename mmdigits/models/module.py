@@ -23,6 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from mmdigits.data.datamodule import data_info, train_pos_rate
 from mmdigits.models import augment as aug
+from mmdigits.models.decision import best_logit_shift
 from mmdigits.models.fusion import FusionOutput
 from mmdigits.models.layers import lengths_to_mask
 from mmdigits.models.schedule import build_scheduler, check_resume_budget, spans_max_epochs
@@ -71,6 +72,7 @@ class MultimodalModule(LightningModule):
         label_smoothing: float = 0.0,
         image_shift: int = 0,
         image_affine: dict | None = None,
+        test_time_shifts: bool = False,
         channels_last: bool = True,
         threshold_from_val: bool = False,
         data_info: dict | None = None,
@@ -228,8 +230,20 @@ class MultimodalModule(LightningModule):
         """Binary logits outside training get the decision shift; anything else is returned as is."""
         return logits + self.decision_shift if self.task.binary and not self.training else logits
 
+    def infer(self, batch: dict[str, Tensor]) -> FusionOutput:
+        """``fuse(encode(batch))``; outside training with ``test_time_shifts``, the logits are those of the
+        mean probabilities over the image and its four 1-pixel shifts (the heads: the image's own)."""
+        out = self.fuse(self.encode(batch))
+        if self.training or not self.hparams.get("test_time_shifts") or self.image_encoder is None:
+            return out
+        views = [out.logits] + [
+            self.fuse(self.encode({**batch, "image": aug.shift_image(batch["image"], dx, dy)})).logits
+            for dx, dy in aug.ONE_PIXEL_SHIFTS
+        ]
+        return FusionOutput(self.task.mean_logits(views), out.modality_logits)
+
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.decision_logits(self.fuse(self.encode(batch)).logits)
+        return self.decision_logits(self.infer(batch).logits)
 
     def predict_proba(self, batch: dict[str, Tensor]) -> Tensor:
         return self.task.proba(self(batch))
@@ -240,7 +254,7 @@ class MultimodalModule(LightningModule):
         mix = None
         if stage == "train" and alpha > 0:
             mix = aug.draw_mix(len(batch["target"]), alpha, self.device)
-        out = self.fuse(self.encode(batch, mix))
+        out = self.infer(batch) if stage == "test" else self.fuse(self.encode(batch, mix))
         target = batch["target"]
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0  # val/test: the plain NLL
         loss = self._label_loss(out, batch, smoothing)
@@ -328,20 +342,10 @@ class MultimodalModule(LightningModule):
         self.val_logits.reset()
         self.val_targets.reset()
 
-    @torch.no_grad()
     def _tune_threshold(self, logits: Tensor, target: Tensor) -> None:
-        """Move the decision point to the logit shift that maximises accuracy on these (validation)
-        predictions. The prior correction alone is exact only for calibrated probabilities; a model trained
-        on balanced batches is often too cautious on positives. Called after each validation, so every
-        checkpoint carries the shift tuned on its own epoch's validation predictions (the epoch's val
-        metrics were measured with the previous shift), and the test split is never looked at."""
-        if target.all() or not target.any():
-            return  # one class only: nothing to tune against
-        grid = torch.linspace(-8.0, 8.0, 321, device=logits.device)
-        extra = grid - self.val_logit_shift  # logits already include the current shift
-        acc = ((logits[None, :] + extra[:, None] > 0) == target[None, :]).float().mean(1)
-        best = torch.nonzero(acc >= acc.max() - 1e-9).flatten()
-        self.val_logit_shift.copy_(grid[best[len(best) // 2]])  # middle of the best candidates
+        shift = best_logit_shift(logits, target, self.val_logit_shift)
+        if shift is not None:
+            self.val_logit_shift.copy_(shift)
 
     def _share_shift_with_averaged_weights(self) -> None:
         """With EMA (Lightning's WeightAveraging) the averaged copy is validated, saved and tested, and its
