@@ -25,7 +25,7 @@ from mmdigits.data.dataset import make_batch, pad_utterances
 from mmdigits.data.media import MfccSettings, load_digit_image, wav_mfcc
 from mmdigits.errors import DataError, MMDigitsError
 from mmdigits.models.ensemble import load_members_and_data, mean_proba
-from mmdigits.models.loading import load_checkpoint_model, single_checkpoint_path
+from mmdigits.models.loading import apply_test_time_shifts, load_checkpoint_model, single_checkpoint_path
 from mmdigits.models.module import MultimodalModule
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.io import atomic_save_npy
@@ -147,6 +147,7 @@ def format_result(res: dict[str, Any]) -> str:
 def predict_single(cfg: DictConfig) -> dict[str, Any]:
     path = single_checkpoint_path(cfg.ckpt_path, "one pair (image=/audio=)")
     model = load_checkpoint_model(path, trust=bool(cfg.get("trust_checkpoint", False)))
+    apply_test_time_shifts(model, cfg)
     res = predict_pair(model, cfg.get("image"), cfg.get("audio"), name=path)
     print(format_result(res), flush=True)
     return res

@@ -84,15 +84,24 @@ def test_checkpoint_stores_data_info(fsdd_run):
     assert info["audio"] == "fsdd" and info["mfcc"]["sr"] == 8000 and info["mfcc"]["hop_length"] == 80
 
 
+def cfg_overrides(run, pair) -> list[str]:
+    return [f"ckpt_path={run['ckpt']}", f"image={pair[0]}", f"audio={pair[1]}"]
+
+
 def test_predict_single_prints_match_probability_and_modality_digits(fsdd_run, pair, tmp_path, capsys):
-    png, wav = pair
-    cfg = compose_cfg("predict", [f"ckpt_path={fsdd_run['ckpt']}", f"image={png}", f"audio={wav}"], tmp_path)
+    cfg = compose_cfg("predict", cfg_overrides(fsdd_run, pair), tmp_path)
     res = predict_single(cfg)
     out = capsys.readouterr().out
     assert 0 <= res["match_probability"] <= 1
     assert f"match probability: {res['match_probability']:.4f}" in out
     assert set(res["modalities"]) == {"image", "audio"}
     assert "image digit:" in out and "audio digit:" in out
+    # test_time_shifts=true: the mean probability over the image's 1-pixel shifts, the heads unchanged
+    shifted = predict_single(
+        compose_cfg("predict", [*cfg_overrides(fsdd_run, pair), "test_time_shifts=true"], tmp_path)
+    )
+    assert shifted["match_probability"] != pytest.approx(res["match_probability"], abs=1e-7)
+    assert shifted["modalities"] == res["modalities"]
 
 
 def test_bad_wav_and_missing_modality(fsdd_run, pair, tmp_path):

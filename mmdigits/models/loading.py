@@ -169,6 +169,12 @@ def single_checkpoint_path(ckpt_path: Any, what: str = "this command") -> str:
     return paths[0]
 
 
+def apply_test_time_shifts(model: MultimodalModule, cfg: DictConfig) -> None:
+    """``test_time_shifts=true|false`` (evaluate, predict) overrides the checkpoint's own setting."""
+    if cfg.get("test_time_shifts") is not None:
+        model.hparams["test_time_shifts"] = bool(cfg.test_time_shifts)
+
+
 def load_model_and_data(cfg: DictConfig, path: str | Path | None = None) -> tuple[MultimodalModule, Any]:
     """The model of ``path`` (default ``cfg.ckpt_path``) and ``cfg.data``'s datamodule, set to the task the
     model was trained for.
@@ -189,7 +195,6 @@ def load_model_and_data(cfg: DictConfig, path: str | Path | None = None) -> tupl
                 f"{path}: the model was trained on {trained_on!r} audio, but {what}; "
                 f"point data.dir at a {trained_on!r} build (or leave data.audio unset)"
             )
-    if cfg.get("test_time_shifts") is not None:  # else as the checkpoint says
-        model.hparams["test_time_shifts"] = bool(cfg.test_time_shifts)
+    apply_test_time_shifts(model, cfg)
     audio = asked or trained_on
     return model, instantiate(cfg.data, task=model.task.name, audio=audio, _convert_="all")
