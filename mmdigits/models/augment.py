@@ -11,22 +11,21 @@ from torch import Tensor
 
 from mmdigits.models.layers import lengths_to_mask
 
-
-def random_shift(image: Tensor, shift: int) -> Tensor:
-    """Translate the batch by up to ``shift`` pixels (pad, then crop at one random offset)."""
-    padded = F.pad(image, (shift, shift, shift, shift))
-    dx, dy = torch.randint(0, 2 * shift + 1, (2,)).tolist()
-    return padded[:, :, dy : dy + image.shape[2], dx : dx + image.shape[3]]
-
-
 ONE_PIXEL_SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 
 
 def shift_image(image: Tensor, dx: int, dy: int) -> Tensor:
-    """The batch moved ``dx`` pixels right and ``dy`` down; uncovered pixels are 0 (the background)."""
+    """The batch moved ``dx`` pixels right and ``dy`` down; uncovered pixels are 0 (a raw image's
+    background)."""
     k = max(abs(dx), abs(dy))
     padded = F.pad(image, (k, k, k, k))
     return padded[:, :, k - dy : k - dy + image.shape[2], k - dx : k - dx + image.shape[3]]
+
+
+def random_shift(image: Tensor, shift: int) -> Tensor:
+    """Translate the batch by one random offset of up to ``shift`` pixels in each direction."""
+    dx, dy = torch.randint(0, 2 * shift + 1, (2,)).tolist()
+    return shift_image(image, shift - dx, shift - dy)
 
 
 def draw_mix(batch_size: int, alpha: float, device: torch.device) -> tuple[Tensor, float]:

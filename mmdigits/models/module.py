@@ -171,18 +171,7 @@ class MultimodalModule(LightningModule):
     def encode(self, batch: dict[str, Tensor], mix: tuple[Tensor, float] | None = None) -> list[Tensor]:
         """Normalise (and, in training, augment) the raw batch; one feature tensor per modality. ``mix``
         (partner indices, weight) blends each example with its partner after augmentation (mixup)."""
-        feats = []
-        if self.image_encoder is not None:
-            image = (batch["image"].float() / 255.0 - self.image_mean) / self.image_std
-            if self.training and self.hparams.image_shift > 0:
-                image = aug.random_shift(image, self.hparams.image_shift)
-            if self.training and self.hparams.image_affine:
-                image = aug.random_affine(image, **self.hparams.image_affine)
-            if mix is not None:
-                image = aug.mix(image, *mix)
-            if self.channels_last:
-                image = image.contiguous(memory_format=torch.channels_last)
-            feats.append(self.image_encoder(image))
+        feats = [] if self.image_encoder is None else [self._image_features(batch["image"], mix)]
         if self.audio_encoder is not None:
             lengths = batch["lengths"]
             audio = (batch["audio"].float() - self.audio_mean) / self.audio_std
@@ -193,6 +182,18 @@ class MultimodalModule(LightningModule):
                 audio, lengths = aug.mix(audio, *mix), torch.maximum(lengths, lengths[mix[0]])
             feats.append(self.audio_encoder(audio, lengths))
         return self._modality_dropout(feats)
+
+    def _image_features(self, image: Tensor, mix: tuple[Tensor, float] | None = None) -> Tensor:
+        image = (image.float() / 255.0 - self.image_mean) / self.image_std
+        if self.training and self.hparams.image_shift > 0:
+            image = aug.random_shift(image, self.hparams.image_shift)
+        if self.training and self.hparams.image_affine:
+            image = aug.random_affine(image, **self.hparams.image_affine)
+        if mix is not None:
+            image = aug.mix(image, *mix)
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return self.image_encoder(image)
 
     def _augment_audio(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         hp = self.hparams
@@ -233,13 +234,13 @@ class MultimodalModule(LightningModule):
     def infer(self, batch: dict[str, Tensor]) -> FusionOutput:
         """``fuse(encode(batch))``; outside training with ``test_time_shifts``, the logits are those of the
         mean probabilities over the image and its four 1-pixel shifts (the heads: the image's own)."""
-        out = self.fuse(self.encode(batch))
+        feats = self.encode(batch)
+        out = self.fuse(feats)
         if self.training or not self.hparams.get("test_time_shifts") or self.image_encoder is None:
             return out
-        views = [out.logits] + [
-            self.fuse(self.encode({**batch, "image": aug.shift_image(batch["image"], dx, dy)})).logits
-            for dx, dy in aug.ONE_PIXEL_SHIFTS
-        ]
+        shifted = (aug.shift_image(batch["image"], dx, dy) for dx, dy in aug.ONE_PIXEL_SHIFTS)
+        # only the image is encoded again; it comes first (MODALITIES' order)
+        views = [out.logits] + [self.fuse([self._image_features(im), *feats[1:]]).logits for im in shifted]
         return FusionOutput(self.task.mean_logits(views), out.modality_logits)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
@@ -250,10 +251,8 @@ class MultimodalModule(LightningModule):
 
     # ------------------------------------------------------------------ steps
     def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
-        alpha = self.hparams.mixup_alpha
-        mix = None
-        if stage == "train" and alpha > 0:
-            mix = aug.draw_mix(len(batch["target"]), alpha, self.device)
+        alpha = self.hparams.mixup_alpha if stage == "train" else 0.0
+        mix = aug.draw_mix(len(batch["target"]), alpha, self.device) if alpha > 0 else None
         out = self.infer(batch) if stage == "test" else self.fuse(self.encode(batch, mix))
         target = batch["target"]
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0  # val/test: the plain NLL
