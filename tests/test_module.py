@@ -14,6 +14,8 @@ from mmdigits.models.module import MultimodalModule
 from mmdigits.train import train
 from tests.hydra_utils import compose_cfg
 
+CNN1D = {"_target_": "mmdigits.models.audio.CNN1dEncoder"}  # the audio encoder of the module-level tests
+
 
 def test_balanced_sampler_prior_is_corrected_in_eval(tmp_path, tiny_dataset_dir):
     cfg = compose_cfg(
@@ -50,7 +52,7 @@ def test_balanced_sampler_prior_is_corrected_in_eval(tmp_path, tiny_dataset_dir)
 @pytest.mark.parametrize("image_encoder", ["LeNetEncoder", "ResNetEncoder"])
 def test_channels_last_changes_memory_layout_not_outputs(image_encoder):
     enc = {
-        "audio_encoder": {"_target_": "mmdigits.models.audio.CNN1dEncoder"},
+        "audio_encoder": CNN1D,
         "image_encoder": {"_target_": f"mmdigits.models.image.{image_encoder}"},
         "fusion": {"_target_": "mmdigits.models.fusion.AgreementFusion"},
     }
@@ -77,7 +79,7 @@ def test_channels_last_changes_memory_layout_not_outputs(image_encoder):
 
 def _match_module() -> MultimodalModule:
     return MultimodalModule(
-        audio_encoder={"_target_": "mmdigits.models.audio.CNN1dEncoder"},
+        audio_encoder=CNN1D,
         image_encoder={"_target_": "mmdigits.models.image.LeNetEncoder"},
         fusion={"_target_": "mmdigits.models.fusion.AgreementFusion"},
         threshold_from_val=True,
@@ -149,7 +151,7 @@ def test_one_step_runs_every_head_once(fusion):
     from tests.zoo import zoo
 
     model = MultimodalModule(
-        audio_encoder={"_target_": "mmdigits.models.audio.CNN1dEncoder"},
+        audio_encoder=CNN1D,
         image_encoder={"_target_": "mmdigits.models.image.LeNetEncoder"},
         fusion=zoo("fusion")[fusion],
         aux_digit_weight=1.0,
@@ -176,9 +178,7 @@ def test_one_step_runs_every_head_once(fusion):
 def test_audio_warp_augments_training_batches_only():
     """model.audio_warp warps the raw coefficients in training (the encoder sees other values, zero past
     each length); evaluation reads the batch as it is."""
-    model = MultimodalModule(
-        task="audio_digit", audio_encoder={"_target_": "mmdigits.models.audio.CNN1dEncoder"}, audio_warp=0.2
-    )
+    model = MultimodalModule(task="audio_digit", audio_encoder=CNN1D, audio_warp=0.2)
     model.audio_mean.fill_(-3.0)  # as set from the training data: the warp must map raw MFCCs, not z-scores
     model.audio_std.fill_(2.0)
     seen = []
@@ -201,7 +201,7 @@ def test_mixup_blends_inputs_and_labels_in_training_only(monkeypatch):
     unsmoothed."""
     model = MultimodalModule(
         task="audio_digit",
-        audio_encoder={"_target_": "mmdigits.models.audio.CNN1dEncoder"},
+        audio_encoder=CNN1D,
         mixup_alpha=0.4,
         label_smoothing=0.1,
     )
@@ -241,15 +241,11 @@ def test_mixup_blends_inputs_and_labels_in_training_only(monkeypatch):
 )
 def test_mixup_and_smoothing_refuse_what_they_cannot_do(task, options, message):
     with pytest.raises(ValueError, match=message):
-        MultimodalModule(
-            task=task, audio_encoder={"_target_": "mmdigits.models.audio.CNN1dEncoder"}, **options
-        )
+        MultimodalModule(task=task, audio_encoder=CNN1D, **options)
 
 
 def test_label_smoothing_moves_binary_targets_towards_one_half():
-    task = MultimodalModule(
-        task="match", audio_encoder={"_target_": "mmdigits.models.audio.CNN1dEncoder"}
-    ).task
+    task = MultimodalModule(task="match", audio_encoder=CNN1D).task
     logits, target = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([1.0, 0.0, 1.0])
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     torch.testing.assert_close(task.loss(logits, target, 0.2), bce(logits, torch.tensor([0.9, 0.1, 0.9])))
@@ -262,7 +258,7 @@ def test_test_time_shifts_average_the_shifted_views_at_test_and_prediction_only(
     1-pixel shifts; training and validation read the image as it is."""
     encoders = {"image_encoder": {"_target_": "mmdigits.models.image.CNNEncoder"}}
     if task == "match":
-        encoders["audio_encoder"] = {"_target_": "mmdigits.models.audio.CNN1dEncoder"}
+        encoders["audio_encoder"] = CNN1D
     model = MultimodalModule(task=task, test_time_shifts=True, aux_digit_weight=0.0, **encoders).eval()
     g = torch.Generator().manual_seed(0)
     batch = {
