@@ -185,3 +185,25 @@ def test_image_only_mnist_is_the_image_recipe_on_its_own_whole_mnist_build(tmp_p
     assert {k: v for k, v in whole.data.items() if k not in ("dir", "build")} == {
         k: v for k, v in base.data.items() if k not in ("dir", "build")
     }
+
+
+def test_image_only_mnist_all_is_the_mnist_recipe_refit_on_every_image_in_bf16(tmp_path):
+    mnist = compose_cfg("train", ["experiment=image_only_mnist"], tmp_path)
+    refit = compose_cfg("train", ["experiment=image_only_mnist_all"], tmp_path)
+    assert mnist.data.val_fraction > 0 and refit.data.val_fraction == 0
+    assert {k: v for k, v in refit.data.items() if k != "val_fraction"} == {
+        k: v for k, v in mnist.data.items() if k != "val_fraction"
+    }
+    assert refit.model == mnist.model
+    assert refit.callbacks.model_checkpoint.monitor is None  # nothing to select on: the last epoch
+    assert {k: v for k, v in refit.callbacks.items() if k != "model_checkpoint"} == {
+        k: v for k, v in mnist.callbacks.items() if k != "model_checkpoint"
+    }
+    assert (refit.trainer.accelerator, refit.trainer.precision) == ("cpu", "bf16-mixed")
+    assert {k: v for k, v in refit.trainer.items() if k != "precision"} == {
+        k: v for k, v in mnist.trainer.items() if k != "precision"
+    }
+    # the command line's trainer still wins over the experiment's
+    for trainer, precision in (("cpu", "32-true"), ("gpu", "16-mixed")):
+        cfg = compose_cfg("train", ["experiment=image_only_mnist_all", f"trainer={trainer}"], tmp_path)
+        assert cfg.trainer.precision == precision and cfg.trainer.max_epochs == refit.trainer.max_epochs

@@ -96,6 +96,19 @@ def test_recipe_tests_the_epoch_its_rule_picks(experiment, monitor, best, tmp_pa
     assert picked == values.index(best(values)), (picked, values)
 
 
+@pytest.mark.parametrize("experiment", ["audio_only", "image_only_mnist_all"])
+def test_refit_recipe_trains_on_every_row_and_tests_its_last_epoch(experiment, tmp_path, tiny_dataset_dir):
+    """Recipes refit on train + validation (val_fraction 0) have nothing to select on: no validation
+    metrics, and the checkpoint tested is the last epoch's."""
+    tiny = ["trainer.max_epochs=2", "data.build=null"]  # the tiny dataset is not the 60,000-image build
+    metrics = run_train(tmp_path, tiny_dataset_dir, f"experiment={experiment}", *tiny)
+    assert np.isfinite(metrics["test/acc"])
+    assert "val/acc" not in EventAccumulator(str(tmp_path / "tensorboard")).Reload().Tags()["scalars"]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert Path(saved["best_model_path"]).name == "last_epoch.ckpt"
+    assert torch.load(saved["best_model_path"], weights_only=False)["epoch"] == 1
+
+
 def test_bf16_autocast_smoke_on_cpu(tmp_path, tiny_dataset_dir):
     metrics = run_train(tmp_path, tiny_dataset_dir, "trainer=cpu_bf16", "debug=fast_dev_run")
     assert np.isfinite(metrics["test/acc"])
