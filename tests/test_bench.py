@@ -94,6 +94,7 @@ def test_peers_bench_side_by_side(tiny_dataset_dir, tmp_path, capsys):
         "| ours, experiment=audio_only, seed=0",
         "| ours, experiment=audio_only, seed=100",
     ]
+    assert all(r[4] == "whole run: train on every row, test |" for r in ours)  # no validation part
     assert "mean of 2 seeds" in out
     assert len(list(tmp_path.glob("audio_only_seed*/metrics.json"))) == 2
     ens = next(r for r in rows if r.startswith("| ours, ensemble of the 2 runs")).split(" | ")
@@ -166,6 +167,7 @@ def test_peers_bench_image_side(tiny_dataset_dir, tmp_path, capsys, monkeypatch)
     assert Path(trained_on) == tiny_dataset_dir
     row = next(r for r in out.splitlines() if r.startswith("| ours, experiment=image_only, seed=0"))
     assert float(row.split(" | ")[1]) == pytest.approx(ours["test/acc"], abs=5e-5)
+    assert row.split(" | ")[4] == "whole run: train, validate, test |"
 
     with pytest.raises(SystemExit):
         main([*args, "--experiment", "match"])

@@ -216,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((peer.name, acc, f"{result['fit_s']:.1f}", f"{result['per_s']:,.0f}", note))
     accs, ens_accs = [], []
     label = " ".join([f"experiment={args.experiment}", *args.overrides])
+    run_note = (
+        "whole run: train, validate, test" if cfg.data.val_fraction else "whole run: train on every row, test"
+    )
     ensemble_tag = f"ensemble{args.members}_" + (_slug(args.overrides) + "_" if args.overrides else "")
     for seed in args.seeds:
         members = []
@@ -224,9 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             members.append(r)
             accs.append(r["acc"])
             name = f"ours, {label}, seed={seed + 100 * k}"
-            rows.append(
-                (name, f"{r['acc']:.4f}", f"{r['wall_s']:.1f}", _rate(r), "whole run: train, validate, test")
-            )
+            rows.append((name, f"{r['acc']:.4f}", f"{r['wall_s']:.1f}", _rate(r), run_note))
         if args.members > 1:
             r = ensemble(data_dir, members, Path(args.out) / f"{ensemble_tag}seed{seed}")
             ens_accs.append(r["acc"])
