@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mmdigits.analysis.robustness import missing_modality_accuracy
-from mmdigits.models.loading import check_resume_checkpoint
+from mmdigits.models.loading import check_resume_checkpoint, read_checkpoint
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.run import (
     budget,
@@ -101,6 +101,8 @@ def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
         ckpt = best if best and not trainer.fast_dev_run else None
         if ckpt is None:
             log.warning("no best checkpoint; testing the weights in memory")
+        else:
+            read_checkpoint(ckpt)  # the one choke point for checkpoints, before Lightning reads it
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         metrics.update(metrics_to_floats(trainer.callback_metrics))
         if cfg.get("test_missing_modalities", True) and trainer.is_global_zero:  # the tested weights

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -136,8 +137,9 @@ def test_curves_come_from_the_event_files(runs):
 def test_confusion_falls_back_to_logged_image_without_data(runs, tmp_path):
     run_dir = tmp_path / "moved"
     shutil.copytree(runs[0]["dir"], run_dir)
-    cfg = (run_dir / ".hydra" / "config.yaml").read_text()
-    (run_dir / ".hydra" / "config.yaml").write_text(cfg.replace("dir: /", f"dir: {tmp_path}/gone/"))
+    recorded = json.loads((run_dir / "run.json").read_text())
+    recorded["data"]["dir"] = str(tmp_path / "gone")
+    (run_dir / "run.json").write_text(json.dumps(recorded))
     report = write_report([run_dir]).read_text()
     assert "logged during training" in report
     assert (run_dir / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -153,7 +155,6 @@ def test_cli_errors_clearly_without_runs(tmp_path):
 def test_search_without_test_metrics_reports_into_a_new_out_dir(runs, tmp_path):
     """A validation-only search (test=false) has no test metrics: no confusion matrix of test data is drawn,
     and --out may name a directory that does not exist yet."""
-    import json
 
     sweep = tmp_path / "search"
     shutil.copytree(runs[0]["dir"].parent, sweep)

@@ -6,21 +6,20 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 import struct
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mmdigits.data.challenge import load_challenge_dir
-from mmdigits.data.media import MAX_RECORDING_SECONDS, load_digit_image, read_wav
 from mmdigits.data.npy import load_npy
-from mmdigits.errors import DataError, MMDigitsError
+from mmdigits.errors import CheckpointError, DataError, MMDigitsError
 from mmdigits.models.loading import load_checkpoint_model
 from mmdigits.train import train
+from tests import crafted
 from tests.hydra_utils import compose_cfg
 from tests.synthetic import write_challenge_files
 from tests.test_reliability import QUIET, run_cli
@@ -37,12 +36,12 @@ class Payload:
 
 
 def assert_refused(proc, path: Path, marker: Path, *needles: str) -> None:
+    assert not marker.exists(), "the payload ran"
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and str(path) in lines[0] and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     for needle in needles:
         assert needle in lines[0], lines[0]
-    assert not marker.exists(), "the payload ran"
 
 
 def object_array(rows: list) -> np.ndarray:
@@ -104,21 +103,47 @@ def test_object_array_where_numbers_belong_is_refused_unread(tiny_dataset_dir, t
     assert not marker.exists()
 
 
+class Python2Pickler(pickle._Pickler):
+    """Pickles bytes as Python 2 did (BINSTRING), which Python 3 reads back as latin-1 text."""
+
+    def save_bytes(self, obj: bytes) -> None:
+        n = len(obj)
+        self.write(
+            (pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n))
+            + obj
+        )
+        self.memoize(obj)
+
+    dispatch = {**pickle._Pickler.dispatch, bytes: save_bytes}
+
+
 def test_legitimate_object_arrays_still_load(tmp_path):
-    """numpy 1.x files name numpy.core.multiarray, numpy 2.x numpy._core.multiarray: both load."""
+    """The challenge's own format (float64 rows), float32, Fortran order and big-endian rows; numpy 2.x
+    (numpy._core) and numpy 1.x (numpy.core) names; protocol 2 from Python 3 and Python 2's byte strings."""
     x = np.arange(26, dtype=np.float32).reshape(2, 13)
-    arr = object_array([x, x, x[:1]])
+    rows = [
+        np.arange(39, dtype=np.float64).reshape(3, 13),
+        np.asfortranarray(np.ones((4, 13))),
+        x.astype(">f8"),
+    ]
+    arr = object_array([x, x, x[:1], *rows])
     np.save(tmp_path / "a.npy", arr, allow_pickle=True)
-    # the same array as numpy 1.x pickled it (protocol 2 names globals as text lines)
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "|O", "fortran_order": False, "shape": (3,)})
+    np.lib.format.write_array_header_1_0(header, {"descr": "|O", "fortran_order": False, "shape": (6,)})
     old = pickle.dumps(arr, protocol=2)
     assert b"cnumpy._core.multiarray\n" in old
     old = old.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
     (tmp_path / "b.npy").write_bytes(header.getvalue() + old)
-    for name in ("a.npy", "b.npy"):
-        arr = load_npy(tmp_path / name, objects=True)
-        assert arr.dtype == object and np.array_equal(arr[0], x) and arr[0] is arr[1]
+    buf = io.BytesIO()
+    Python2Pickler(buf, protocol=2).dump(arr)
+    assert b"_codecs" not in buf.getvalue() and pickle.SHORT_BINSTRING in buf.getvalue()
+    (tmp_path / "c.npy").write_bytes(header.getvalue() + buf.getvalue())
+    for name in ("a.npy", "b.npy", "c.npy"):
+        got = load_npy(tmp_path / name, objects=True)
+        assert got.dtype == object and got[0] is got[1], name
+        for a, b in zip(got, arr, strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b), name
+        assert got[4].flags.f_contiguous and got[5].dtype.byteorder == ">"
 
 
 def test_absurdly_long_row_is_refused_with_its_row(tiny_dataset_dir, tmp_path):
@@ -128,6 +153,21 @@ def test_absurdly_long_row_is_refused_with_its_row(tiny_dataset_dir, tmp_path):
     np.save(d / "spoken_train.npy", rows, allow_pickle=True)
     with pytest.raises(DataError, match=r"spoken_train\.npy: row 5: 1000000 frames; expected at most 2000"):
         load_challenge_dir(d)
+
+
+def test_dtype_state_through_allowed_names_is_refused_not_a_crash(tiny_dataset_dir, tmp_path):
+    """Only numpy's own names (dtype, _reconstruct, ndarray), but a dtype state declaring an object field:
+    fed to numpy's __setstate__, the file's bytes become object pointers (exit 139). It is refused, with its
+    exit 2: the pickle is read as data, never unpickled."""
+    d = write_challenge_files(tiny_dataset_dir, tmp_path / "Dataset")
+    bad = d / "spoken_train.npy"
+    rows = list(np.load(bad, allow_pickle=True))  # our own synthetic file
+    rows[3] = crafted.object_field_row()
+    bad.write_bytes(crafted.npy_bytes(crafted.object_rows(rows), len(rows)))
+    proc = run_cli(
+        "mmdigits.train", f"data.dir={d}", "debug=fast_dev_run", f"hydra.run.dir={tmp_path / 'run'}"
+    )
+    assert_refused(proc, bad, tmp_path / "PWNED", "refuses to load")
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -187,7 +227,9 @@ def test_checkpoint_config_may_only_name_the_zoo(target, checkpoint, tmp_path):
 
     bad = _crafted(checkpoint, tmp_path / "bad.ckpt", change)
     with pytest.raises(
-        MMDigitsError, match=rf"bad\.ckpt: refuses to load: its model config asks to build {target}"
+        MMDigitsError,
+        match=rf"bad\.ckpt: refuses to load: its hyperparameter audio_encoder\._target_ asks to build "
+        rf"'{target}'",
     ):
         load_checkpoint_model(bad)
     hidden = {"_target_": target, "_args_": [str(victim), "w"]}
@@ -199,6 +241,80 @@ def test_checkpoint_config_may_only_name_the_zoo(target, checkpoint, tmp_path):
     with pytest.raises(MMDigitsError, match="refuses to load"):
         load_checkpoint_model(nested)
     assert victim.read_text() == "keep me"
+
+
+def _interpolated(where: str, marker: Path):
+    def change(ckpt):
+        hp = ckpt["hyper_parameters"]
+        hp[where] = {**(hp.get(where) or {}), "hidden": crafted.interpolation(marker)}
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "command, args",
+    [("mmdigits.evaluate", []), ("mmdigits.predict", []), ("mmdigits.embed", []), ("mmdigits.train", QUIET)],
+)
+def test_interpolation_in_a_checkpoint_string_never_reaches_omegaconf(
+    command, args, checkpoint, tiny_dataset_dir, tmp_path
+):
+    """A checkpoint of plain strings only: one of them is an OmegaConf resolver that makes a _target_ the
+    allowlist never saw. Every reader refuses it, naming the key, before anything is built."""
+    marker = tmp_path / "PWNED"
+    bad = _crafted(checkpoint, tmp_path / "last.ckpt", _interpolated("fusion", marker))
+    run = [f"ckpt_path={bad}", f"data.dir={tiny_dataset_dir}", f"hydra.run.dir={tmp_path / 'run'}", *args]
+    assert_refused(run_cli(command, *run), bad, marker, "fusion.hidden", "interpolation")
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        (
+            lambda hp, m: hp["audio_encoder"].__setitem__("hidden", crafted.interpolation(m)),
+            "audio_encoder.hidden",
+        ),
+        (lambda hp, m: hp.__setitem__("data_info", {"audio": crafted.interpolation(m)}), "data_info.audio"),
+        (lambda hp, m: hp["optimizer"].__setitem__("lr", "${oc.env:HOME}"), "optimizer.lr"),
+        (lambda hp, m: hp["fusion"].__setitem__("no_such_argument", 1), "fusion.no_such_argument"),
+        (lambda hp, m: hp["audio_encoder"].__setitem__("_args_", [str(m)]), "audio_encoder._args_"),
+        (lambda hp, m: hp.__setitem__("no_such_hparam", 0.5), "no_such_hparam"),
+        (lambda hp, m: hp.__setitem__("aux_digit_weight", torch.tensor(1.0)), "aux_digit_weight"),
+        (lambda hp, m: hp.__setitem__("image_affine", {1: 2}), "image_affine"),
+    ],
+    ids=["encoder", "data_info", "resolver", "unknown_key", "args", "unknown_hparam", "tensor", "int_key"],
+)
+def test_checkpoint_hyperparameters_are_checked_as_data(change, key, checkpoint, tmp_path, monkeypatch):
+    """Strings are literals, every key is a parameter of its target, every value is plain data; otherwise
+    one error naming the file and the key, and nothing from the config is built or imported."""
+    marker = tmp_path / "PWNED"
+    bad = _crafted(checkpoint, tmp_path / "bad.ckpt", lambda c: change(c["hyper_parameters"], marker))
+    built = []
+    monkeypatch.setattr("mmdigits.models.module.instantiate", lambda *a, **k: built.append(a))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint_model(bad)
+    assert str(bad) in str(err.value) and key in str(err.value) and "\n" not in str(err.value)
+    assert built == [] and not marker.exists()
+
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.mark.parametrize(
+    "group", ["audio_encoder", "image_encoder", "fusion", "model", "module", "augment", "experiment"]
+)
+def test_every_config_of_conf_passes_the_checkpoint_schema(group):
+    """What train stores, the loader accepts: each option of the group, as the model's hyperparameters
+    (resolved, plain), passes the schema; so do the optimisers and schedulers that conf/ names."""
+    from mmdigits.models.module import plain
+    from mmdigits.models.safe_hparams import OPTIMISERS, check_hparams
+
+    for option in sorted((CONF / group).glob("*.yaml")):
+        cfg = compose_cfg("train", [f"{group}={option.stem}", "data.dir=unused"])
+        hparams = {k: plain(v) for k, v in cfg.model.items() if k not in ("_target_", "_recursive_")}
+        check_hparams(hparams, option)
+    lines = [line for f in CONF.rglob("*.yaml") for line in f.read_text().splitlines()]
+    named = {line.split("_target_:")[1].strip() for line in lines if "_target_: torch.optim" in line}
+    assert named and named <= set(OPTIMISERS)
 
 
 def test_legacy_checkpoint_needs_explicit_trust(checkpoint, tiny_dataset_dir, tmp_path):
@@ -233,38 +349,32 @@ def test_legacy_checkpoint_needs_explicit_trust(checkpoint, tiny_dataset_dir, tm
         torch.testing.assert_close(model(batch), now(batch))
 
 
-# ----------------------------------------------------------------------------- media for single-pair predict
-def test_decompression_bomb_png_is_refused(tmp_path):
-    bomb = tmp_path / "bomb.png"
-    Image.new("1", (20000, 20000)).save(bomb)  # 48 KB on disk, 400 megapixels decoded
-    assert bomb.stat().st_size < 100_000
-    with pytest.raises(MMDigitsError, match="bomb.png: .*(decompression bomb|at most)"):
-        load_digit_image(bomb)
-    big = tmp_path / "big.png"
-    Image.new("L", (8000, 6000)).save(big)  # 48 megapixels: under PIL's own limit, over ours
-    with pytest.raises(MMDigitsError, match=r"big\.png: 8000x6000 pixels; expected a picture of at most"):
-        load_digit_image(big)
+# ----------------------------------------------------------------------------- run directories
+@pytest.mark.parametrize(
+    "data",
+    [
+        lambda m: {"_target_": "numpy.savez", "_args_": [str(m)]},  # takes **kwargs: writes m
+        lambda m: {
+            "_target_": "mmdigits.data.datamodule.MMDigitsDataModule",
+            "dir": crafted.interpolation(m),
+        },
+    ],
+    ids=["target", "interpolation"],
+)
+def test_report_reads_a_shared_run_directory_as_data(data, tiny_dataset_dir, tmp_path_factory, tmp_path):
+    """A run directory from someone else, whose .hydra/config.yaml names a callable: the report is written
+    from metrics.json, the event files and the config as plain data; nothing in it is built."""
+    import yaml
 
+    from tests.trained_runs import seed_runs
 
-def _wav(path: Path, seconds: float, sr: int = 8000) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(np.zeros(int(seconds * sr), "<i2").tobytes())
-    return path
-
-
-def test_long_recordings_and_lying_headers_are_bounded(tmp_path):
-    with pytest.raises(
-        DataError, match=r"long\.wav: a recording of 600 s; expected a spoken digit of at most 30 s"
-    ):
-        read_wav(_wav(tmp_path / "long.wav", 600), 8000)
-    liar = bytearray(_wav(tmp_path / "liar.wav", 1.0).read_bytes())
-    liar[4:8] = struct.pack("<I", 0xFFFFFFF0)  # RIFF size: 4 GB
-    liar[40:44] = struct.pack("<I", 0xFFFFFF00)  # data chunk: 4 GB
-    (tmp_path / "liar.wav").write_bytes(bytes(liar))
-    y = read_wav(tmp_path / "liar.wav", 8000)  # read what is there, never what the header claims
-    assert len(y) <= MAX_RECORDING_SECONDS * 8000 and len(y) == 8000
-    with pytest.raises(MMDigitsError, match="is a directory; expected a WAV file"):
-        read_wav(tmp_path, 8000)
+    run = tmp_path / "shared_run"
+    shutil.copytree(seed_runs(tmp_path_factory.getbasetemp(), tiny_dataset_dir)[0]["dir"], run)
+    marker = tmp_path / "PWNED.npz"
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    config["data"] = data(marker)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = run_cli("mmdigits.report", str(run))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not marker.exists(), "the run directory's config was run"
+    assert (run / "report.md").is_file() and (run / "confusion.png").is_file()

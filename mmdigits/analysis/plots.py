@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
 from mmdigits.analysis.runs import read_scalars
+from mmdigits.errors import MMDigitsError
 from mmdigits.utils.io import atomic_savefig, atomic_write_bytes
+from mmdigits.utils.plain import load_yaml_data, plain_problem, shown
 
 log = logging.getLogger("mmdigits.report")
 
@@ -124,13 +127,40 @@ def _zoom(ax: Any, curves: dict[str, np.ndarray], tag: str) -> None:
 
 
 # ----------------------------------------------------------------------------- confusion
-def run_datamodule(run_dir: str | Path, task: str) -> Any:
-    """The run's datamodule from its ``.hydra/config.yaml`` data section (set up for test; never builds)."""
-    from hydra.utils import instantiate
+RUN_FILE = "run.json"  # written by mmdigits.utils.rundir.record_start
+DATAMODULE = "mmdigits.data.datamodule.MMDigitsDataModule"
 
-    cfg = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    dm = instantiate(data, task=task, _convert_="all")
+
+def run_data_settings(run_dir: str | Path) -> dict[str, Any]:
+    """The run's data settings as plain data: ``run.json``'s (resolved by ``train``), else the data section
+    of ``.hydra/config.yaml`` when it holds no interpolation. Never resolved, never built from."""
+    from mmdigits.data.datamodule import MMDigitsDataModule
+
+    run_dir = Path(run_dir)
+    recorded = run_dir / RUN_FILE
+    if recorded.is_file():
+        data = json.loads(recorded.read_text()).get("data")
+    else:
+        data = (load_yaml_data(run_dir / ".hydra" / "config.yaml") or {}).get("data")
+    if not isinstance(data, dict):
+        raise FileNotFoundError(f"{run_dir}: no data settings recorded ({RUN_FILE})")
+    problem = plain_problem(data, "data")
+    target = data.get("_target_", DATAMODULE)
+    params = set(inspect.signature(MMDigitsDataModule).parameters)
+    unknown = [k for k in data if k not in params and k != "_target_"]
+    if problem or target != DATAMODULE or unknown:
+        why = problem or (
+            f"data._target_ is {shown(target)}" if target != DATAMODULE else f"data.{unknown[0]}"
+        )
+        raise MMDigitsError(f"{run_dir}: its data settings are not plain {DATAMODULE} settings: {why}")
+    return {k: v for k, v in data.items() if k != "_target_"}
+
+
+def run_datamodule(run_dir: str | Path, task: str) -> Any:
+    """The run's datamodule from its plain data settings (set up for test; never builds)."""
+    from mmdigits.data.datamodule import MMDigitsDataModule
+
+    dm = MMDigitsDataModule(**{**run_data_settings(run_dir), "task": task})
     if not (Path(dm.dir) / "written_test.npy").is_file() or not dm.has_test_labels:
         raise FileNotFoundError(f"{dm.dir}: no labelled test split to recompute the confusion matrix")
     dm.setup("test")

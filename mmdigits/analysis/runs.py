@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
+
+from mmdigits.utils.plain import load_yaml_data
 
 log = logging.getLogger("mmdigits.report")
 
@@ -53,7 +54,14 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _yaml(path: Path) -> Any:
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else None
+    """A run's Hydra file as plain data (never resolved or built); None when absent or not plain data."""
+    if not path.is_file():
+        return None
+    try:
+        return load_yaml_data(path)
+    except ValueError as err:
+        log.warning("%s", err)
+        return None
 
 
 def checkpoint_path(run_dir: Path, metrics: dict[str, Any]) -> Path | None:

@@ -1,14 +1,14 @@
 """Load a trained model from a checkpoint without running code from it, with clear errors.
 
-A checkpoint is read with torch's weights-only unpickler (plain containers and tensors only). Its model
-config is then built only from classes of the zoo (``mmdigits.models.*`` modules) and torch's optimisers and
-schedulers: any other ``_target_`` is refused before anything is called. ``trust=True`` reads a legacy
-checkpoint (written before hyperparameters were plain data) with the full unpickler: only for files you trust.
+A checkpoint is read with torch's weights-only unpickler (plain containers and tensors only). Its
+hyperparameters are then checked as plain data (:mod:`mmdigits.models.safe_hparams`): literal strings, zoo
+classes and the configs' optimisers and schedulers only, each key a parameter of its target. Anything else is
+refused before anything is built. ``trust=True`` reads a legacy checkpoint (written before hyperparameters
+were plain data) with the full unpickler: only for files you trust.
 """
 
 from __future__ import annotations
 
-import importlib
 import pickle
 import re
 import zipfile
@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
-from torch import nn
 
 from mmdigits.errors import CheckpointError, MMDigitsError
 from mmdigits.models.module import OPTIONAL_BUFFERS, MultimodalModule, plain
+from mmdigits.models.safe_hparams import check_hparams
 
 # classes renamed since checkpoints were first written: old target -> (new target, extra kwargs)
 RENAMED: dict[str, tuple[str, dict[str, Any]]] = {
@@ -35,7 +35,8 @@ TRUST_HINT = "pass +trust_checkpoint=true only for a file you trust: loading it 
 
 
 def read_checkpoint(path: str | Path, map_location: str = "cpu", trust: bool = False) -> dict[str, Any]:
-    """The checkpoint dict at ``path``; CheckpointError when missing, unreadable, unsafe or not ours."""
+    """The checkpoint dict at ``path``, its hyperparameters checked as plain data; CheckpointError when
+    missing, unreadable, unsafe or not ours. Every reader of a checkpoint goes through here."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory; expected a .ckpt file")
@@ -56,57 +57,38 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu", trust: bool = F
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {first}") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise CheckpointError(f"{path}: not an mmdigits checkpoint (no state_dict/hyper_parameters)")
+    ckpt["hyper_parameters"] = model_kwargs(ckpt["hyper_parameters"], path)
     return ckpt
 
 
-def _allowed(target: str) -> bool:
-    module_name, _, name = target.rpartition(".")
-    if module_name.startswith("mmdigits.models.") or module_name == "mmdigits.models":
-        base: tuple[type, ...] = (nn.Module,)
-    elif module_name in ("torch.optim", "torch.optim.lr_scheduler"):
-        base = (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
-    else:
-        return False
-    try:
-        obj = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError):
-        return False
-    return isinstance(obj, type) and issubclass(obj, base)
-
-
-def safe_model_config(cfg: Any, path: str | Path) -> Any:
-    """``cfg`` with legacy class names updated; CheckpointError (before anything is called) when a
-    ``_target_`` is not a zoo class or a torch optimiser/scheduler."""
+def _renamed(cfg: Any) -> Any:
+    """``cfg`` with legacy class names (and their renamed arguments) updated."""
     if isinstance(cfg, list):
-        return [safe_model_config(v, path) for v in cfg]
+        return [_renamed(v) for v in cfg]
     if not isinstance(cfg, dict):
         return cfg
-    out = {k: safe_model_config(v, path) for k, v in cfg.items()}
+    out = {k: _renamed(v) for k, v in cfg.items()}
     target = out.get("_target_")
-    if target is None:
-        return out
     if not isinstance(target, str):
-        raise CheckpointError(f"{path}: its model config names a non-string _target_ {target!r}")
+        return out
     if target in RENAMED:
         target, extra = RENAMED[target]
         out = {**extra, **out, "_target_": target}
     for old, new in RENAMED_KWARGS.get(target, {}).items():
         if old in out:
             out[new] = out.pop(old)
-    if not _allowed(target):
-        raise CheckpointError(
-            f"{path}: refuses to load: its model config asks to build {target}, which is not part of the "
-            "model zoo (mmdigits.models.*) or a torch optimiser/scheduler"
-        )
     return out
 
 
 def model_kwargs(hparams: Any, path: str | Path) -> dict[str, Any]:
-    """The checkpoint's hyperparameters as safe keyword arguments of ``MultimodalModule``."""
+    """The checkpoint's hyperparameters as keyword arguments of ``MultimodalModule``, checked as plain data
+    (:func:`~mmdigits.models.safe_hparams.check_hparams`) before anything is built from them."""
     hparams = plain(dict(hparams) if isinstance(hparams, DictConfig) else hparams)
     if not isinstance(hparams, dict):
-        raise CheckpointError(f"{path}: its hyper_parameters are not a mapping")
-    return {k: safe_model_config(plain(v), path) for k, v in hparams.items()}
+        raise CheckpointError(f"{path}: refuses to load: its hyper_parameters are not a mapping")
+    kwargs = {k: _renamed(plain(v)) for k, v in hparams.items()}
+    check_hparams(kwargs, path)
+    return kwargs
 
 
 def check_resume_checkpoint(path: str | Path, model: MultimodalModule, trust: bool = False) -> None:
@@ -133,11 +115,11 @@ def load_checkpoint_model(
     """Rebuild a ``MultimodalModule`` from ``path`` alone (hyperparameters + weights + buffers)."""
     path = Path(path)
     ckpt = read_checkpoint(path, map_location, trust)
-    kwargs = model_kwargs(ckpt["hyper_parameters"], path)
     try:
-        model = MultimodalModule(**kwargs)
+        model = MultimodalModule(**ckpt["hyper_parameters"])
     except Exception as err:  # bad kwargs for a zoo class, an unknown task...
-        raise CheckpointError(f"{path}: its model config cannot be built here: {err}") from err
+        first = (str(err).splitlines() or [type(err).__name__])[0][:300]
+        raise CheckpointError(f"{path}: its model config cannot be built here: {first}") from err
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as err:

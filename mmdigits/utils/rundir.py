@@ -110,8 +110,10 @@ def clear_run(directory: Path) -> None:
             path.unlink()
 
 
-def record_start(directory: Path, cfg_hash: str) -> None:
-    atomic_write_json(directory / RUN_FILE, {"config_hash": cfg_hash})
+def record_start(directory: Path, cfg_hash: str, data: Any = None) -> None:
+    """``run.json``: the config's hash (what a sweep rerun compares) and the resolved data settings (what
+    readers of the run use as plain data, e.g. the report's confusion matrix)."""
+    atomic_write_json(directory / RUN_FILE, {"config_hash": cfg_hash, "data": data})
 
 
 def claim_run_dir(cfg: DictConfig, output_dir: Path) -> str | None:
@@ -141,5 +143,6 @@ def claim_run_dir(cfg: DictConfig, output_dir: Path) -> str | None:
             )
         log.warning("overwrite=true: removing the earlier run's outputs in %s", output_dir)
         clear_run(output_dir)
-    record_start(output_dir, h)
+    data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else None
+    record_start(output_dir, h, data)
     return ckpt_path
