@@ -14,6 +14,7 @@ from mmdigits.analysis.embeddings import analyse, collect_embeddings, plot_embed
 from mmdigits.models.loading import load_model_and_data
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.run import write_json
+from mmdigits.utils.rundir import claim_output_dir, claimed
 
 log = logging.getLogger("mmdigits.embed")
 
@@ -39,7 +40,8 @@ def embed(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="embed")
 @clean_errors
 def main(cfg: DictConfig) -> None:
-    embed(cfg)
+    with claimed(cfg, claim_output_dir):
+        embed(cfg)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from mmdigits.models.ensemble import load_members_and_data, score_ensemble
 from mmdigits.models.loading import single_checkpoint_path
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.run import metrics_to_floats, write_json
+from mmdigits.utils.rundir import claim_output_dir, claimed
 
 log = logging.getLogger("mmdigits.evaluate")
 
@@ -53,7 +54,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 @clean_errors
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    with claimed(cfg, claim_output_dir):
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from mmdigits.models.loading import apply_test_time_shifts, load_checkpoint_mode
 from mmdigits.models.module import MultimodalModule
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.io import atomic_save_npy
+from mmdigits.utils.rundir import claim_output_dir, claimed
 
 log = logging.getLogger("mmdigits.predict")
 
@@ -156,10 +157,11 @@ def predict_single(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 @clean_errors
 def main(cfg: DictConfig) -> None:
-    if cfg.get("image") or cfg.get("audio"):
-        predict_single(cfg)
-        return
-    predict(cfg)
+    with claimed(cfg, claim_output_dir):
+        if cfg.get("image") or cfg.get("audio"):
+            predict_single(cfg)
+        else:
+            predict(cfg)
 
 
 if __name__ == "__main__":

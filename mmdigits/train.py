@@ -10,7 +10,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -31,7 +30,7 @@ from mmdigits.utils.run import (
     stopped_by,
     write_json,
 )
-from mmdigits.utils.rundir import RunDirLock, claim_run_dir, config_hash
+from mmdigits.utils.rundir import claim_run_dir, claimed, config_hash, resume_decision
 
 log = logging.getLogger("mmdigits.train")
 
@@ -46,10 +45,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     while the run writes to it (rank 0; the other DDP ranks share it).
     """
     output_dir = Path(cfg.paths.output_dir)
-    if rank_zero_only.rank != 0:
-        return _train(cfg, cfg.get("ckpt_path"))
-    with RunDirLock(output_dir):
-        ckpt_path = claim_run_dir(cfg, output_dir)
+    if rank_zero_only.rank != 0:  # started by rank 0's trainer, after its claim: the same decision
+        return _train(cfg, resume_decision(cfg, output_dir))
+    with claimed(cfg, claim_run_dir) as ckpt_path:
+        log.info("run directory: %s", output_dir)
         if ckpt_path == "done":
             metrics = json.loads((output_dir / "metrics.json").read_text())
             log.info("skipped: %s finished with this config already (metrics.json)", output_dir)
@@ -132,7 +131,6 @@ def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
 @clean_errors
 def main(cfg: DictConfig) -> float | None:
     drop_nonzero_rank_log_files()
-    log.info("run directory: %s", HydraConfig.get().runtime.output_dir)
     if cfg.get("print_config", False):
         print(OmegaConf.to_yaml(cfg, resolve=True))
     metrics = train(cfg)

@@ -21,7 +21,7 @@ from mmdigits.data.samplers import EvalBatchSampler, TrainBatchSampler
 from mmdigits.evaluate import evaluate
 from mmdigits.models.loading import load_checkpoint_model
 from tests.hydra_utils import compose_cfg
-from tests.test_reliability import read_metrics, run_cli, train_args
+from tests.test_reliability import QUIET, read_metrics, run_cli, train_args
 
 DDP_TOLERANCE = 0.05
 
@@ -140,3 +140,24 @@ def test_ddp_cpu_trains_validates_tests_and_only_rank0_writes(tmp_path, tiny_dat
     assert {"val/acc", "test/acc", "val/logit_shift"} <= set(tags)
     ckpts = sorted(p.name for p in (ddp_dir / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts and all(p.endswith(".ckpt") for p in ckpts)
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_to_resume_a_sweep_job_cut_short(tmp_path, tiny_dataset_dir):
+    """Rank 0 resumes a sweep job that was cut short from its last.ckpt; the other ranks, which Lightning
+    starts later with the same command line, read the same decision from the directory."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", f"data.dir={tiny_dataset_dir}", f"hydra.sweep.dir={sweep}", "seed=0", "trainer=ddp_cpu",
+            "trainer.max_epochs=2", "data.bucketing=false", "data.batch_size=8", "logger=csv",
+            "callbacks.early_stopping=null", *QUIET]  # fmt: skip
+    first = run_cli("mmdigits.train", *args, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (job,) = [p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()]
+    done = read_metrics(job)
+    (job / "metrics.json").unlink()  # cut short after its last checkpoint, before the test stage
+    again = run_cli("mmdigits.train", *args, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"sweep job {job.name}: partial, resuming" in again.stdout + again.stderr
+    resumed = read_metrics(job)
+    assert (resumed["global_step"], resumed["epochs"]) == (done["global_step"], done["epochs"])
+    assert resumed["test/acc"] == pytest.approx(done["test/acc"], abs=1e-6)

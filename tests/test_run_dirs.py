@@ -30,7 +30,8 @@ TINY = ["data.batch_size=32", "data.eval_batch_size=64", "trainer.max_epochs=1",
 
 def test_second_writer_to_a_run_directory_is_refused(tiny_dataset_dir, tmp_path):
     run = tmp_path / "run"
-    with RunDirLock(run):
+    with RunDirLock(run) as lock:
+        lock.announce()
         proc = run_cli("mmdigits.train", f"data.dir={tiny_dataset_dir}", f"hydra.run.dir={run}", *TINY)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"error: {run}: another run is writing to this run directory (pid {os.getpid()})" in proc.stderr
