@@ -77,6 +77,21 @@ def test_peers_bench_says_how_to_install_a_missing_peer(tiny_dataset_dir, monkey
     assert peers.minirocket(None) == {"missing": 'aeon is not installed: pip install -e ".[peers]"'}
 
 
+def test_each_unimodal_digit_task_gets_the_peer_of_its_modality() -> None:
+    """The task object picks the peer: MiniRocket for the spoken digit, SVC for the written one, none for a
+    task that reads both modalities."""
+    from mmdigits.bench.peers import peer_for
+    from mmdigits.tasks import TASKS, get_task
+
+    chosen = {name: getattr(peer_for(get_task(name)), "name", None) for name in TASKS}
+    assert chosen == {
+        "audio_digit": "aeon MiniRocket (random_state=0)",
+        "image_digit": "scikit-learn SVC (RBF kernel, defaults)",
+        "match": None,
+        "digit": None,
+    }
+
+
 def test_peers_bench_side_by_side(tiny_dataset_dir, tmp_path, capsys):
     """MiniRocket and our audio-only runs on the same tiny split, one table (CI installs the peers extra);
     ours also as an ensemble of its two runs, scored by evaluate."""
@@ -115,9 +130,7 @@ def test_peers_bench_passes_overrides_to_our_runs(tiny_dataset_dir, tmp_path, ca
         seen.append(len(dm.train_set) + len(dm.val_set))
         return {"missing": "not under test"}
 
-    monkeypatch.setitem(
-        peers.PEERS, "audio_digit", peers.PEERS["audio_digit"]._replace(fit_and_score=fake_peer)
-    )
+    monkeypatch.setitem(peers.PEERS, "audio", peers.PEERS["audio"]._replace(fit_and_score=fake_peer))
     args = [
         "--data-dir",
         str(tiny_dataset_dir),
