@@ -61,6 +61,24 @@ def test_bench_table(tiny_dataset_dir: Path, capsys: pytest.CaptureFixture[str])
     assert float(re.match(r"ratio ([\d.]+)", lightning[2]).group(1)) > 0
 
 
+def test_data_bench_reports_build_time_and_loader_speed(
+    tiny_raw_dir: Path, tiny_dataset_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m mmdigits.bench.data --build-from RAW_DIR``: the build's seconds, then pairs/s for every
+    sampler x bucketing setting (the speeds the integration tests leave to the benchmark)."""
+    from mmdigits.bench.data import main
+    from mmdigits.data.samplers import SAMPLERS
+
+    build = ["--build-from", str(tiny_raw_dir), "--no-verify"]
+    assert main(["--dir", str(tiny_dataset_dir), "--batches", "1", *build]) == 0
+    out = capsys.readouterr().out
+    built = re.search(r"^build \(raw corpora -> challenge files, default settings\): ([\d.]+) s$", out, re.M)
+    assert built and float(built[1]) > 0
+    rows = [r.split() for r in out.splitlines() if r.split()[:1] in ([s] for s in SAMPLERS)]
+    assert sorted((r[0], r[1]) for r in rows) == sorted((s, b) for s in SAMPLERS for b in ("False", "True"))
+    assert all(float(r[4]) > 0 for r in rows)  # pairs/s
+
+
 def test_peers_bench_says_how_to_install_a_missing_peer(tiny_dataset_dir, monkeypatch):
     import builtins
 
