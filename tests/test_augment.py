@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mmdigits.models.augment import (
     cepstral_warp,
@@ -38,16 +40,79 @@ def test_speed_perturb_resamples_within_bounds_and_keeps_padding_zero():
     assert torch.equal(same_lens, lens) and torch.allclose(same, x[:, : int(lens.max())])
 
 
-def test_time_and_freq_masks_zero_bounded_blocks():
+def _frames(lengths: list[int], T: int, pad: float = 0.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, 13) with no zero inside each length (magnitudes in [1, 2), either sign) and ``pad`` past it."""
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.tensor(lengths)
+    x = torch.rand(len(lengths), T, 13, generator=g) + 1
+    x = x * (torch.randint(0, 2, x.shape, generator=g) * 2 - 1)
+    x[~lengths_to_mask(lens, T)] = pad
+    return x, lens
+
+
+def _one_block(flags: torch.Tensor) -> bool:
+    """The True entries of a 1-d bool tensor are consecutive (or there are none)."""
+    idx = flags.nonzero().flatten()
+    return len(idx) == 0 or int(idx[-1] - idx[0]) + 1 == len(idx)
+
+
+LENGTHS = st.lists(st.integers(1, 30), min_size=1, max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=LENGTHS, extra=st.integers(0, 5), width=st.integers(0, 8), seed=st.integers(0, 2**16))
+def test_time_mask_zeroes_one_block_of_whole_frames_inside_each_length(
+    lengths: list[int], extra: int, width: int, seed: int
+) -> None:
+    x, lens = _frames(lengths, max(lengths) + extra, pad=7.0, seed=seed)  # padding marked, to see it kept
+    torch.manual_seed(seed)
+    out = time_mask(x, lens, width)
+    valid = lengths_to_mask(lens, x.shape[1])
+    zeroed, kept = (out == 0).all(-1), (out == x).all(-1)
+    assert out.shape == x.shape
+    assert (zeroed | kept).all(), "a frame was changed but not zeroed whole"
+    assert torch.equal(out[~valid], x[~valid]), "the mask reached past an utterance's length"
+    n = zeroed.sum(1)
+    assert (n <= width).all() and (n <= (lens - 1).clamp(min=0)).all(), (n, lens, width)
+    assert all(_one_block(row) for row in zeroed)
+    if width == 0:
+        assert torch.equal(out, x)
+
+
+def test_time_mask_draws_every_width_up_to_its_bound() -> None:
+    x, lens = _frames([40] * 600, 40)
     torch.manual_seed(0)
-    x, lens = _batch([6, 20, 40, 40])
-    t = time_mask(x, lens, 5)
-    zeroed = (t == 0).all(-1) & lengths_to_mask(lens, 40)
-    assert (zeroed.sum(1) <= 5).all() and (zeroed.sum(1) < lens).all()
-    f = freq_mask(x, 3)
-    cols = (f == 0).all(1)  # coefficients zeroed over every frame of a row
-    assert (cols.sum(1) <= 3).all() and (cols.sum(1) >= 0).all()
-    assert torch.equal(f[f != 0], x[f != 0])
+    zeroed = (time_mask(x, lens, 5) == 0).all(-1)
+    # 600 draws of a width in 0..5: each comes up (about 100 times); a block can start at the first frame
+    assert sorted(set(zeroed.sum(1).tolist())) == [0, 1, 2, 3, 4, 5]
+    assert zeroed[:, 0].any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=LENGTHS, extra=st.integers(0, 5), width=st.integers(0, 13), seed=st.integers(0, 2**16))
+def test_freq_mask_zeroes_one_band_of_whole_coefficients(
+    lengths: list[int], extra: int, width: int, seed: int
+) -> None:
+    x, lens = _frames(lengths, max(lengths) + extra, seed=seed)  # zero past each length: the batch contract
+    torch.manual_seed(seed)
+    out = freq_mask(x, width)
+    assert out.shape == x.shape
+    assert (out[~lengths_to_mask(lens, x.shape[1])] == 0).all()
+    for b, L in enumerate(lengths):
+        got, orig = out[b, :L], x[b, :L]
+        band, kept = (got == 0).all(0), (got == orig).all(0)  # per coefficient, over every valid frame
+        assert (band | kept).all(), "a coefficient was changed but not zeroed in every frame"
+        assert int(band.sum()) <= width and _one_block(band), (band, width)
+    if width == 0:
+        assert torch.equal(out, x)
+
+
+def test_freq_mask_draws_every_width_up_to_its_bound_over_every_coefficient() -> None:
+    x, lens = _frames([5] * 600, 5)
+    torch.manual_seed(0)
+    band = (freq_mask(x, 3) == 0).all(1)  # (600, 13): the coefficients zeroed in each utterance
+    assert sorted(set(band.sum(1).tolist())) == [0, 1, 2, 3]
+    assert band.any(0).all()  # every coefficient, the first and the last too, is inside some band
 
 
 def test_cepstral_warp_stretches_the_envelope_and_keeps_padding_zero():

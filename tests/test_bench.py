@@ -61,6 +61,24 @@ def test_bench_table(tiny_dataset_dir: Path, capsys: pytest.CaptureFixture[str])
     assert float(re.match(r"ratio ([\d.]+)", lightning[2]).group(1)) > 0
 
 
+def test_data_bench_reports_build_time_and_loader_speed(
+    tiny_raw_dir: Path, tiny_dataset_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m mmdigits.bench.data --build-from RAW_DIR``: the build's seconds, then pairs/s for every
+    sampler x bucketing setting (the speeds the integration tests leave to the benchmark)."""
+    from mmdigits.bench.data import main
+    from mmdigits.data.samplers import SAMPLERS
+
+    build = ["--build-from", str(tiny_raw_dir), "--no-verify"]
+    assert main(["--dir", str(tiny_dataset_dir), "--batches", "1", *build]) == 0
+    out = capsys.readouterr().out
+    built = re.search(r"^build \(raw corpora -> challenge files, default settings\): ([\d.]+) s$", out, re.M)
+    assert built and float(built[1]) > 0
+    rows = [r.split() for r in out.splitlines() if r.split()[:1] in ([s] for s in SAMPLERS)]
+    assert sorted((r[0], r[1]) for r in rows) == sorted((s, b) for s in SAMPLERS for b in ("False", "True"))
+    assert all(float(r[4]) > 0 for r in rows)  # pairs/s
+
+
 def test_peers_bench_says_how_to_install_a_missing_peer(tiny_dataset_dir, monkeypatch):
     import builtins
 
@@ -75,6 +93,21 @@ def test_peers_bench_says_how_to_install_a_missing_peer(tiny_dataset_dir, monkey
 
     monkeypatch.setattr(builtins, "__import__", no_aeon)
     assert peers.minirocket(None) == {"missing": 'aeon is not installed: pip install -e ".[peers]"'}
+
+
+def test_each_unimodal_digit_task_gets_the_peer_of_its_modality() -> None:
+    """The task object picks the peer: MiniRocket for the spoken digit, SVC for the written one, none for a
+    task that reads both modalities."""
+    from mmdigits.bench.peers import peer_for
+    from mmdigits.tasks import TASKS, get_task
+
+    chosen = {name: getattr(peer_for(get_task(name)), "name", None) for name in TASKS}
+    assert chosen == {
+        "audio_digit": "aeon MiniRocket (random_state=0)",
+        "image_digit": "scikit-learn SVC (RBF kernel, defaults)",
+        "match": None,
+        "digit": None,
+    }
 
 
 def test_peers_bench_side_by_side(tiny_dataset_dir, tmp_path, capsys):
@@ -115,9 +148,7 @@ def test_peers_bench_passes_overrides_to_our_runs(tiny_dataset_dir, tmp_path, ca
         seen.append(len(dm.train_set) + len(dm.val_set))
         return {"missing": "not under test"}
 
-    monkeypatch.setitem(
-        peers.PEERS, "audio_digit", peers.PEERS["audio_digit"]._replace(fit_and_score=fake_peer)
-    )
+    monkeypatch.setitem(peers.PEERS, "audio", peers.PEERS["audio"]._replace(fit_and_score=fake_peer))
     args = [
         "--data-dir",
         str(tiny_dataset_dir),

@@ -1,19 +1,31 @@
-"""Every Hydra config composes and instantiates (GPU trainers: composed and checked on CPU)."""
+"""Every Hydra config composes and instantiates (GPU trainers: built as written up to the missing CUDA device,
+and their other arguments on CPU)."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning import Trainer
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf
 
 from mmdigits.models.module import MultimodalModule
 from mmdigits.utils.run import instantiate_callbacks, instantiate_loggers
 from tests.hydra_utils import CONF_DIR, compose_cfg
+
+CUDA_TRAINERS = {  # option: (precision, devices) as written; each is built as it is, up to CUDA
+    "gpu": ("16-mixed", 1),
+    "gpu_bf16": ("bf16-mixed", 1),
+    "ddp": ("16-mixed", 2),
+}
+NO_CUDA = re.compile(r"No supported gpu backend found|your machine only has")  # Lightning, devices missing
 
 
 def resolve_all(cfg) -> dict:
@@ -92,8 +104,8 @@ def test_data_configs_instantiate(data, tmp_path, tiny_dataset_dir):
 def test_trainer_configs(trainer, tmp_path):
     cfg = compose_cfg("train", [f"trainer={trainer}"], tmp_path)
     t = cfg.trainer
-    if trainer.startswith("gpu") or trainer == "ddp":
-        assert t.accelerator == "gpu"
+    assert (t.accelerator == "gpu") == (trainer in CUDA_TRAINERS)  # each is also built as written
+    if trainer in CUDA_TRAINERS:
         assert t.precision in ("16-mixed", "bf16-mixed")
         if not torch.cuda.is_available():
             # the rest of the config must still be valid Trainer arguments
@@ -112,6 +124,46 @@ def test_trainer_configs(trainer, tmp_path):
         assert t.devices == 2 and t.strategy == "ddp"
     trainer_obj = instantiate(cfg.trainer)
     assert trainer_obj.max_epochs == cfg.trainer.max_epochs
+
+
+def build_until_cuda(trainer_cfg: Any, name: str) -> Trainer:
+    """``instantiate(trainer_cfg)``; where it stops only because the CUDA devices it asks for are missing,
+    the test is skipped, saying so. Anything wrong before that point (a misspelt precision, accelerator or
+    argument) is raised."""
+    try:
+        return instantiate(trainer_cfg)
+    except InstantiationException as err:
+        cause = err.__cause__
+        short = torch.cuda.device_count() < trainer_cfg.devices
+        if short and isinstance(cause, MisconfigurationException) and NO_CUDA.search(str(cause)):
+            pytest.skip(
+                f"trainer={name} needs a CUDA device: it asks for {trainer_cfg.devices}, this machine has "
+                f"{torch.cuda.device_count()} (composed, checked and built up to the accelerator)"
+            )
+        raise
+
+
+@pytest.mark.parametrize("trainer", sorted(CUDA_TRAINERS))
+def test_cuda_trainer_configs_build_as_written(trainer: str, tmp_path: Path) -> None:
+    cfg = compose_cfg("train", [f"trainer={trainer}"], tmp_path)
+    t = cfg.trainer
+    assert (t.accelerator, t.precision, t.devices) == ("gpu", *CUDA_TRAINERS[trainer])
+    built = build_until_cuda(t, trainer)
+    assert (built.precision, built.num_devices) == (t.precision, t.devices)
+    assert type(built.accelerator).__name__ == "CUDAAccelerator"
+    assert built.max_epochs == t.max_epochs
+
+
+@pytest.mark.parametrize(
+    "override", ["trainer.precision=16-mixd", "trainer.accelerator=gpuu", "+trainer.bench=1"]
+)
+def test_a_typo_in_a_cuda_trainer_config_fails_rather_than_skips(override: str, tmp_path: Path) -> None:
+    cfg = compose_cfg("train", ["trainer=gpu", override], tmp_path)
+    try:
+        with pytest.raises(InstantiationException, match=r"invalid|unexpected keyword"):
+            build_until_cuda(cfg.trainer, "gpu")
+    except pytest.skip.Exception as skipped:
+        pytest.fail(f"{override} was taken for a missing CUDA device: {skipped}")
 
 
 @pytest.mark.parametrize("group", ["callbacks", "logger"])

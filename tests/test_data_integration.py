@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +27,8 @@ def real_raw_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def full_arabic(real_raw_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    t = time.perf_counter()
-    out = build_dataset(tmp_path_factory.mktemp("full") / "Dataset", real_raw_dir, download=False)
-    assert time.perf_counter() - t < 30
-    return out
+    """The default build (its time: python -m mmdigits.bench.data --build-from RAW_DIR)."""
+    return build_dataset(tmp_path_factory.mktemp("full") / "Dataset", real_raw_dir, download=False)
 
 
 def test_full_arabic_build(full_arabic: Path) -> None:
@@ -64,11 +61,9 @@ def test_full_epoch(full_arabic: Path) -> None:
     dm.prepare_data()
     dm.setup("fit")
     assert set(dm.train_set.t.lengths.tolist()) and int(dm.train_set.t.lengths.max()) <= 93
-    t = time.perf_counter()
+    # its speed (target >= 50k pairs/s on an idle core): python -m mmdigits.bench.data, row 'none True'
     n = sum(len(b["index"]) for b in dm.train_dataloader())
-    dt = time.perf_counter() - t
     assert n == len(dm.train_set) and abs(dm.pos_rate - 0.1) < 0.01
-    assert n / dt > 20_000  # pairs/s (target >= 50k on an idle core)
 
 
 def test_determinism_small(real_raw_dir: Path, tmp_path: Path) -> None:

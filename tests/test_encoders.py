@@ -1,5 +1,6 @@
 """Audio/image encoders: the contract (shapes, padding invariance, backward, a tiny overfit) for every encoder
-config under conf/, plus masked batch norm and length tracking."""
+config under conf/, plus masked batch norm and length tracking (the training-mode padding contract:
+test_encoders_train.py)."""
 
 from __future__ import annotations
 
@@ -160,24 +161,6 @@ def test_overfit_check_fails_for_an_encoder_blind_to_its_input() -> None:
             return self.bias.expand(x.shape[0], -1)
 
     assert fits(Blind(), _batch([9, 5] * 8, 9)) < 0.5
-
-
-@pytest.mark.parametrize("name", ["cnn1d", "crnn", "cnn2d"])
-def test_masked_batchnorm_train_stats_ignore_padding(name: str) -> None:
-    """In training mode, batch statistics (hence outputs and running stats) must not see padding."""
-    torch.manual_seed(0)
-    model = build("audio_encoder", name, dropout=0.0).train()
-    x, lens = _batch(LENGTHS, 93)
-    out_tight = model(x[:, : max(LENGTHS) - 20].clone(), lens.clamp_max(max(LENGTHS) - 20))
-    stats_tight = [m.running_mean.clone() for m in model.modules() if isinstance(m, MaskedBatchNorm)]
-    torch.manual_seed(0)
-    model = build("audio_encoder", name, dropout=0.0).train()
-    x_wide = torch.cat([x[:, : max(LENGTHS) - 20], torch.zeros(len(LENGTHS), 150, 13)], dim=1)
-    out_wide = model(x_wide, lens.clamp_max(max(LENGTHS) - 20))
-    stats_wide = [m.running_mean for m in model.modules() if isinstance(m, MaskedBatchNorm)]
-    torch.testing.assert_close(out_tight, out_wide, atol=1e-5, rtol=1e-4)
-    for a, b in zip(stats_tight, stats_wide):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 def test_masked_batchnorm_matches_batchnorm_without_padding() -> None:

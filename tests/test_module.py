@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from mmdigits.data.datamodule import MMDigitsDataModule
 from mmdigits.models import augment as aug
@@ -280,3 +281,50 @@ def test_test_time_shifts_average_the_shifted_views_at_test_and_prediction_only(
         torch.testing.assert_close(model._step(batch, "val"), model.task.loss(plain[0], batch["target"]))
         model.hparams.test_time_shifts = False
         torch.testing.assert_close(model.task.proba(model(batch)), model.task.proba(plain[0]))
+
+
+class _Ones(nn.Module):
+    """A stand-in encoder: ``out_dim`` ones per example whatever the input (a zero can only be dropout's)."""
+
+    def __init__(self, out_dim: int) -> None:
+        super().__init__()
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.ones(x.shape[0], self.out_dim)
+
+
+def _modality_features(p: float, n: int, train: bool = True, task: str = "match") -> list[torch.Tensor]:
+    """``encode``'s features (ones unless dropped) for ``n`` examples, ``model.modality_dropout=p``."""
+    lenet = {"_target_": "mmdigits.models.image.LeNetEncoder"}
+    model = MultimodalModule(task=task, audio_encoder=CNN1D, image_encoder=lenet, modality_dropout=p)
+    for m in model.modalities:
+        setattr(model, f"{m}_encoder", _Ones({"image": 5, "audio": 3}[m]))
+    batch = {"image": torch.zeros(n, 1, 28, 28), "audio": torch.zeros(n, 2, 13)}
+    batch["lengths"] = torch.full((n,), 2)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return model.train(train).encode(batch)
+
+
+@pytest.mark.parametrize("p", [0.2, 0.7])
+def test_modality_dropout_zeroes_one_whole_modality_at_its_rate(p: float) -> None:
+    n = 4000
+    image, audio = _modality_features(p, n)
+    for f in (image, audio):
+        assert ((f == 0).all(1) | (f == 1).all(1)).all(), "a modality was zeroed in part, or rescaled"
+    gone_image, gone_audio = (image == 0).all(1), (audio == 0).all(1)
+    assert not (gone_image & gone_audio).any(), "both modalities of one example were dropped"
+    # an example loses a modality with probability p, either one as often: binomial counts, 5 sd either side
+    for gone, rate in ((gone_image | gone_audio, p), (gone_image, p / 2), (gone_audio, p / 2)):
+        sd = math.sqrt(n * rate * (1 - rate))
+        assert abs(int(gone.sum()) - n * rate) < 5 * sd, (int(gone.sum()), n * rate, sd)
+
+
+def test_modality_dropout_is_off_outside_training_at_zero_and_with_one_modality() -> None:
+    for features in (
+        _modality_features(0.9, 500, train=False),
+        _modality_features(0.0, 500),
+        _modality_features(0.9, 500, task="audio_digit"),  # the only modality is never dropped
+    ):
+        assert features and all((f == 1).all() for f in features)

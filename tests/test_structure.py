@@ -3,7 +3,8 @@
 * imports run one way: no circle; ``utils/`` imports nothing from ``data/``, ``models/``, ``analysis/`` or the
   commands; no module imports a command module;
 * no source file over 400 lines;
-* no module but ``mmdigits/tasks.py`` compares against a task's name.
+* no module but ``mmdigits/tasks.py`` compares against a task's name, or chooses by it (a table keyed by
+  task names, a ``match`` on them, a lookup keyed by the task): the others ask the task object.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "mmdigits"
 COMMANDS = {"mmdigits.train", "mmdigits.evaluate", "mmdigits.predict", "mmdigits.embed", "mmdigits.report"}
 TASK_NAMES = {"match", "digit", "image_digit", "audio_digit"}
+TASK_VARIABLES = {"task", "task_name"}  # what a value holding the task (or its name) is called
 MAX_LINES = 400
 
 
@@ -98,25 +100,67 @@ def test_source_files_stay_short(path):
     assert len(path.read_text().splitlines()) <= MAX_LINES
 
 
+def is_task_name(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and node.value in TASK_NAMES
+
+
+def names_a_task(node: ast.AST) -> bool:
+    """A value named for the task or its name: ``task``, ``task_name``, ``cfg.data.task``, ``self.task.name``
+    (a literal name as a key, ``batch["image_digit"]``, reads a field of that name, not a task's)."""
+    if isinstance(node, ast.Attribute) and node.attr == "name":
+        return names_a_task(node.value)
+    return (isinstance(node, ast.Name) and node.id in TASK_VARIABLES) or (
+        isinstance(node, ast.Attribute) and node.attr in TASK_VARIABLES
+    )
+
+
 def task_name_comparisons(path: Path) -> list[int]:
     """Lines comparing a value with a task's name: ``x == "match"``, ``x != "digit"``, ``x in ("digit", ...)``
     (a key lookup such as ``"image_digit" in batch`` is not a comparison with a task)."""
-    is_name = lambda n: isinstance(n, ast.Constant) and n.value in TASK_NAMES  # noqa: E731
     lines = []
     for node in ast.walk(ast.parse(path.read_text())):
         if not isinstance(node, ast.Compare):
             continue
         for op, left, right in zip(node.ops, [node.left, *node.comparators], node.comparators):
-            if isinstance(op, (ast.Eq, ast.NotEq)) and (is_name(left) or is_name(right)):
+            if isinstance(op, (ast.Eq, ast.NotEq)) and (is_task_name(left) or is_task_name(right)):
                 lines.append(node.lineno)
             elif isinstance(op, (ast.In, ast.NotIn)) and isinstance(right, (ast.Tuple, ast.List, ast.Set)):
-                lines += [node.lineno] if any(is_name(e) for e in right.elts) else []
+                lines += [node.lineno] if any(is_task_name(e) for e in right.elts) else []
     return lines
+
+
+def task_name_dispatch(path: Path) -> list[int]:
+    """Lines choosing by a task's name without comparing: a table keyed by task names (``{"match": ...,
+    "digit": ...}``, ``dict(match=...)``: every key a task's name), a ``match`` statement with a task name
+    in a case, and a lookup keyed by the task: ``d.get(task)``, ``d[cfg.data.task]``, ``task in d``."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Dict):
+            table = bool(node.keys) and all(k is not None and is_task_name(k) for k in node.keys)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
+            table = bool(node.keywords) and all(k.arg in TASK_NAMES for k in node.keywords)
+        elif isinstance(node, ast.match_case):
+            table = any(
+                isinstance(p, ast.MatchValue) and is_task_name(p.value) for p in ast.walk(node.pattern)
+            )
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+            table = bool(node.args) and names_a_task(node.args[0])
+        elif isinstance(node, ast.Subscript):
+            table = names_a_task(node.slice)
+        elif isinstance(node, ast.Compare):
+            table = any(
+                isinstance(op, (ast.In, ast.NotIn)) and names_a_task(left)
+                for op, left in zip(node.ops, [node.left, *node.comparators])
+            )
+        else:
+            continue
+        lines += [getattr(node, "lineno", None) or node.pattern.lineno] if table else []
+    return sorted(lines)
 
 
 def test_task_names_are_compared_only_in_the_task_module():
     found = {
-        str(p.relative_to(PACKAGE)): task_name_comparisons(p)
+        str(p.relative_to(PACKAGE)): task_name_comparisons(p) + task_name_dispatch(p)
         for p in PACKAGE.rglob("*.py")
         if p.name != "tasks.py"
     }
@@ -124,7 +168,8 @@ def test_task_names_are_compared_only_in_the_task_module():
 
 
 def test_the_checks_can_fail(tmp_path):
-    """The checks above flag a circle, a utils import of models and a task-name comparison."""
+    """The checks above flag a circle, a utils import of models, a task-name comparison and a dispatch on
+    task names."""
     pkg = tmp_path / "mmdigits"
     (pkg / "utils").mkdir(parents=True)
     (pkg / "models").mkdir()
@@ -136,8 +181,19 @@ def test_the_checks_can_fail(tmp_path):
         "import mmdigits.utils.a\n"
         "x = 1 if y == 'match' else 2\n"
         "z = t in ('digit', 'image_digit') or 'digit' in d\n"
+        "PEERS = {'audio_digit': 1, 'image_digit': 2}\n"
+        "w = dict(match=1, digit=2)\n"
+        "p = PEERS.get(cfg.data.task)\n"
+        "q = PEERS[self.task.name]\n"
+        "ok = task_name not in PEERS\n"
+        "match task:\n"
+        "    case 'digit' | 'match':\n"
+        "        pass\n"
+        "r = {'digit': 3, 'p': 0.5}['digit'] + batch.get('image_digit') + ('audio_digit' in batch)\n"
     )
     graph = import_graph(pkg)
     assert graph["mmdigits.utils.a"] == {"mmdigits.models.b"}
     assert find_cycle(graph) is not None
     assert task_name_comparisons(pkg / "models" / "b.py") == [2, 3]
+    # tables and lookups keyed by task names; a record with a "digit" field and field lookups are neither
+    assert task_name_dispatch(pkg / "models" / "b.py") == [4, 5, 6, 7, 8, 10]

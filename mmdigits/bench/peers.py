@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from mmdigits.bench.common import compose, quiet_logging
+from mmdigits.tasks import TASKS, Task, get_task
 
 PAD = 93  # the longest Arabic utterance: MiniRocket needs equal lengths
 
@@ -92,16 +93,24 @@ class Peer(NamedTuple):
     test: str  # what the test split holds, after the count
 
 
-PEERS = {  # by the experiment's task
-    "audio_digit": Peer(
+PEERS = {  # by the one modality a digit task reads
+    "audio": Peer(
         "aeon MiniRocket (random_state=0)", minirocket, "utterances", "utterances of the training speakers",
         "Spoken Arabic Digits, {n} test utterances of unseen speakers",
     ),
-    "image_digit": Peer(
+    "image": Peer(
         "scikit-learn SVC (RBF kernel, defaults)", svc, "images", "images of the training split",
         "MNIST, {n} test images",
     ),
 }  # fmt: skip
+
+
+def peer_for(task: Task) -> Peer | None:
+    """The peer of a task that names a digit from one modality: the reference for that modality; None for
+    any other task (binary, or reading both modalities)."""
+    if task.binary or len(task.modalities) != 1:
+        return None
+    return PEERS.get(task.modalities[0])
 
 
 OWN_KEYS = {  # what each of our runs gets from the command's options, not from an override
@@ -193,12 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     data = [f"data.dir={args.data_dir}"] if args.data_dir else []
     cfg = compose([f"experiment={args.experiment}", *args.overrides, *data])
     data_dir = str(cfg.data.dir)  # every run of the command reads this one
-    if cfg.data.task not in PEERS:
+    task = get_task(cfg.data.task)
+    peer = peer_for(task)
+    if peer is None:
+        with_peer = sorted(name for name in TASKS if peer_for(get_task(name)) is not None)
         parser.error(
-            f"experiment={args.experiment} solves task {cfg.data.task!r}; the peers are for the unimodal "
-            f"tasks {sorted(PEERS)} (e.g. --experiment audio_only or --experiment image_only)"
+            f"experiment={args.experiment} solves task {task.name!r}; the peers are for the unimodal "
+            f"tasks {with_peer} (e.g. --experiment audio_only or --experiment image_only)"
         )
-    peer = PEERS[cfg.data.task]
     dm = instantiate(cfg.data, _convert_="all")
     dm.prepare_data()
     dm.setup("fit")
