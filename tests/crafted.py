@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy._core.multiarray import _reconstruct
 
 DATAMODULE = "mmdigits.data.datamodule.MMDigitsDataModule"
+_reconstruct = np.empty(0).__reduce__()[0]  # numpy's array reconstructor, under numpy 1.x and 2.x names
 OBJECT_STATE = (3, "|", None, None, None, -1, -1, 63)  # numpy's own state of dtype('O')
 FLOAT_STATE = (3, "<", None, None, None, -1, -1, 0)  # ... and of dtype('<f8'), dtype('<f4')
 
