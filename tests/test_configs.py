@@ -256,3 +256,23 @@ def test_image_only_mnist_all_is_the_mnist_recipe_refit_on_every_image_in_bf16(t
     for trainer, precision in (("cpu", "32-true"), ("gpu", "16-mixed")):
         cfg = compose_cfg("train", ["experiment=image_only_mnist_all", f"trainer={trainer}"], tmp_path)
         assert cfg.trainer.precision == precision and cfg.trainer.max_epochs == refit.trainer.max_epochs
+
+
+def test_callback_choices_keep_the_resume_callbacks_or_say_so(tmp_path, caplog):
+    """callbacks=ema is the default set plus EMA; a choice without the resume callbacks warns that the run
+    cannot be resumed, naming what it lacks."""
+    import logging
+
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    def kinds(overrides: list[str]) -> set[type]:
+        return {type(c) for c in instantiate_callbacks(compose_cfg("train", overrides, tmp_path).callbacks)}
+
+    assert kinds(["callbacks=ema"]) == kinds([]) | {EMAWeightAveraging}
+    with caplog.at_level(logging.WARNING, logger="mmdigits"):
+        kinds(["callbacks=none"])
+    assert "cannot be resumed" in caplog.text and "last_checkpoint" in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mmdigits"):
+        kinds([])
+    assert "cannot be resumed" not in caplog.text

@@ -19,13 +19,31 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from mmdigits.errors import CheckpointError, MMDigitsError
+from mmdigits.utils.checkpoint_io import LastCheckpointEveryEpoch
 from mmdigits.utils.io import atomic_write_json
+from mmdigits.utils.signals import CheckpointOnInterrupt
+
+log = logging.getLogger("mmdigits.train")
+# what makes a run resumable (conf/callbacks/default.yaml): name in conf/callbacks -> class
+RESUME_CALLBACKS = {
+    "last_checkpoint": LastCheckpointEveryEpoch,
+    "checkpoint_on_interrupt": CheckpointOnInterrupt,
+}
 
 
 def instantiate_callbacks(cfg: DictConfig | None, checkpointing: bool = True) -> list[Callback]:
     """The callbacks of ``cfg``; without ``checkpointing`` (trainer.enable_checkpointing=false) the ones that
     write checkpoints are left out, as Lightning refuses them."""
     callbacks = [instantiate(c) for c in (cfg or {}).values() if c is not None and "_target_" in c]
+    missing = [
+        name for name, kind in RESUME_CALLBACKS.items() if not any(isinstance(c, kind) for c in callbacks)
+    ]
+    if checkpointing and missing:
+        log.warning(
+            "these callbacks lack %s: this run cannot be resumed after a crash or a SIGTERM "
+            "(callbacks=default has them; add a choice to it, e.g. 'callbacks=[default,ema]')",
+            ", ".join(missing),
+        )
     return [c for c in callbacks if checkpointing or not isinstance(c, Checkpoint)]
 
 
