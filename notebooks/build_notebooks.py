@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
-SETUP = "%matplotlib inline\nimport os\n"
-PLT = "\nimport matplotlib.pyplot as plt\n"
+HEAD = "%matplotlib inline\nimport os\nfrom pathlib import Path\n\n"
+# relative paths are taken from the repository root, as the commands take them
+ROOT = (
+    "\n# relative paths are taken from the repository root, as the commands take them, wherever Jupyter\n"
+    "# started this kernel (notebooks/ by default)\n"
+    "ROOT = Path(mmdigits.__file__).resolve().parents[1]\n\n\n"
+    "def path_from(variable: str, default: str) -> Path:\n"
+    "    return ROOT / os.environ.get(variable, default)\n\n\n"
+)
+VARIABLES = (
+    "Settings, all optional, as environment variables of the Jupyter server; relative paths are taken from "
+    "the repository root:"
+)
 
 DATA_TOUR = [
-    "# Data tour\nImages, MFCC maps, utterance lengths, match rate and speakers of a challenge directory "
-    "(`MMDIGITS_DATA_DIR`, default `Dataset`).",
-    SETUP + PLT + "import numpy as np\n\nfrom mmdigits.data.challenge import load_challenge_dir\n\n"
-    'data = load_challenge_dir(os.environ.get("MMDIGITS_DATA_DIR", "Dataset"))\n'
+    "# Data tour\nImages, MFCC maps, utterance lengths, match rate and speakers of a challenge directory.\n\n"
+    f"{VARIABLES}\n- `MMDIGITS_DATA_DIR`: the challenge directory (default `Dataset`).",
+    HEAD + "import matplotlib.pyplot as plt\nimport numpy as np\n\nimport mmdigits\n"
+    "from mmdigits.data.challenge import load_challenge_dir\n"
+    + ROOT
+    + 'data = load_challenge_dir(path_from("MMDIGITS_DATA_DIR", "Dataset"))\n'
     "train = data.train\nlen(data.train), len(data.test), data.has_digit_labels",
     "fig, axes = plt.subplots(2, 8, figsize=(12, 3.4))\n"
     "for i, ax in enumerate(axes.flat):\n"
@@ -42,9 +56,14 @@ DATA_TOUR = [
 ]
 
 COMPARE = [
-    "# Compare runs\nAll runs under `MMDIGITS_RUNS` (default `logs/train`), read by `mmdigits.report`.",
-    SETUP + PLT + "\nfrom mmdigits.analysis.runs import read_scalars, runs_frame, seed_groups, sort_runs\n\n"
-    'runs = os.environ.get("MMDIGITS_RUNS", "logs/train").split(os.pathsep)\n'
+    "# Compare runs\nAll runs under a folder, read as `mmdigits.report` reads them.\n\n"
+    f"{VARIABLES}\n- `MMDIGITS_RUNS`: the folders of runs, separated by `{os.pathsep}` "
+    "(default `logs/train`);\n"
+    "- `MMDIGITS_METRIC`: the metric that sorts them (default `test/acc`).",
+    HEAD + "import matplotlib.pyplot as plt\n\nimport mmdigits\n"
+    "from mmdigits.analysis.runs import read_scalars, runs_frame, seed_groups, sort_runs\n"
+    + ROOT
+    + 'runs = [ROOT / p for p in os.environ.get("MMDIGITS_RUNS", "logs/train").split(os.pathsep)]\n'
     'metric = os.environ.get("MMDIGITS_METRIC", "test/acc")\n'
     "df = sort_runs(runs_frame(runs), metric)\n"
     'df[["run", "model", "fusion", "seed", "params", "epochs", "val/acc_best", metric]]',
@@ -62,18 +81,22 @@ COMPARE = [
 ]
 
 EMBEDDINGS = [
-    "# Embeddings\nt-SNE and KMeans(10) of the test-set embeddings of checkpoint `MMDIGITS_CKPT` on "
-    "`MMDIGITS_DATA_DIR` (same functions as `python -m mmdigits.embed`).",
-    SETUP + "from pathlib import Path\n\n"
+    "# Embeddings\nt-SNE and KMeans(10) of the test-set embeddings of a checkpoint (the same functions as "
+    "`python -m mmdigits.embed`).\n\n"
+    f"{VARIABLES}\n- `MMDIGITS_CKPT`: the checkpoint (default: the newest best checkpoint under "
+    "`logs/train`);\n- `MMDIGITS_DATA_DIR`: its challenge directory (default `Dataset`);\n"
+    "- `MMDIGITS_MAX_POINTS`: the test pairs projected (default 1000).",
+    HEAD + "import mmdigits\n"
     "from mmdigits.analysis.embeddings import analyse, collect_embeddings, plot_embeddings\n"
     "from mmdigits.data.datamodule import MMDigitsDataModule\n"
-    "from mmdigits.models.loading import load_checkpoint_model\n\n"
-    "# default: the newest best checkpoint under logs/train\n"
-    'ckpt = os.environ.get("MMDIGITS_CKPT") or max(\n'
-    '    (p for p in Path("logs/train").rglob("*.ckpt") if p.name != "last.ckpt"), key=os.path.getmtime\n'
-    ")\n"
-    "model = load_checkpoint_model(ckpt)\n"
-    'dm = MMDigitsDataModule(dir=os.environ.get("MMDIGITS_DATA_DIR", "Dataset"), task=model.task.name)\n'
+    "from mmdigits.models.loading import load_checkpoint_model\n"
+    + ROOT
+    + 'ckpt = os.environ.get("MMDIGITS_CKPT")\n'
+    "if ckpt is None:  # the newest best checkpoint under logs/train\n"
+    '    best = [p for p in (ROOT / "logs/train").rglob("*.ckpt") if p.name != "last.ckpt"]\n'
+    "    ckpt = max(best, key=os.path.getmtime)\n"
+    "model = load_checkpoint_model(ROOT / ckpt)\n"
+    'dm = MMDigitsDataModule(dir=str(path_from("MMDIGITS_DATA_DIR", "Dataset")), task=model.task.name)\n'
     'dm.setup("predict")\n'
     "emb = collect_embeddings(model, dm.predict_dataloader())\n"
     "{k: v.shape for k, v in emb.items()}",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import os
 from pathlib import Path
 
 import nbformat
@@ -30,17 +30,18 @@ def test_notebook_is_stored_without_outputs(name):
 def test_notebook_runs_on_tiny_data(name, tmp_path, monkeypatch, tiny_dataset_dir, tmp_path_factory):
     from nbclient import NotebookClient
 
+    """As Jupyter runs it: the kernel starts in notebooks/, and relative paths are taken from the repository
+    root, as the commands take them (here the data and the runs are given relative to the root)."""
     runs = seed_runs(tmp_path_factory.getbasetemp(), tiny_dataset_dir)
-    monkeypatch.setenv("MMDIGITS_DATA_DIR", str(tiny_dataset_dir))
-    monkeypatch.setenv("MMDIGITS_RUNS", str(runs[0]["dir"].parent))
-    monkeypatch.setenv("MMDIGITS_CKPT", str(runs[0]["ckpt"]))
+    from_root = lambda p: os.path.relpath(p, NB_DIR.parent)  # noqa: E731
+    monkeypatch.setenv("MMDIGITS_DATA_DIR", from_root(tiny_dataset_dir))
+    monkeypatch.setenv("MMDIGITS_RUNS", from_root(runs[0]["dir"].parent))
+    monkeypatch.setenv("MMDIGITS_CKPT", from_root(runs[0]["ckpt"]))
     monkeypatch.setenv("MMDIGITS_MAX_POINTS", "100")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    copy = tmp_path / name
-    shutil.copy(NB_DIR / name, copy)
-    nb = nbformat.read(copy, as_version=4)
+    nb = nbformat.read(NB_DIR / name, as_version=4)  # executed in memory: the stored file stays as it is
     NotebookClient(
-        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NB_DIR)}}
     ).execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
