@@ -37,7 +37,7 @@ def embed(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="embed")
+@hydra.main(version_base="1.3", config_path="conf", config_name="embed")
 @clean_errors
 def main(cfg: DictConfig) -> None:
     with claimed(cfg, claim_output_dir):

@@ -51,7 +51,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 @clean_errors
 def main(cfg: DictConfig) -> None:
     with claimed(cfg, claim_output_dir):

@@ -154,7 +154,7 @@ def predict_single(cfg: DictConfig) -> dict[str, Any]:
     return res
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 @clean_errors
 def main(cfg: DictConfig) -> None:
     with claimed(cfg, claim_output_dir):

@@ -127,7 +127,7 @@ def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @clean_errors
 def main(cfg: DictConfig) -> float | None:
     drop_nonzero_rank_log_files()

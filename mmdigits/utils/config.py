@@ -9,7 +9,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# mmdigits/conf: a link to the repository's conf/ in a checkout, the configs themselves in a wheel
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def compose_config(

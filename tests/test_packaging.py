@@ -1,0 +1,68 @@
+"""mmdigits is a real package: its wheel carries the Hydra configs, and an installed copy composes them from
+any directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tracked_copy(dest: Path) -> Path:
+    """The files git tracks (links kept as links): a build from it leaves the work tree untouched."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target, follow_symlinks=False)
+    return dest
+
+
+@pytest.mark.slow
+def test_the_wheel_installed_elsewhere_composes_its_own_configs(tmp_path):
+    if not (REPO / ".git").exists():
+        pytest.skip("needs the git checkout to know the tracked files")
+    src = tracked_copy(tmp_path / "src")
+    build = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        ".",
+        "-w",
+        "dist",
+    ]
+    subprocess.run(build, cwd=src, check=True, capture_output=True)
+    (wheel,) = (src / "dist").glob("mmdigits-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    configs = {n.removeprefix("mmdigits/conf/") for n in names if n.startswith("mmdigits/conf/")}
+    assert configs == {str(p.relative_to(REPO / "conf")) for p in (REPO / "conf").rglob("*.yaml")}
+
+    # a fresh venv that sees the installed dependencies, with this wheel (not the checkout) as mmdigits
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, capture_output=True
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run([python, "-c", "import mmdigits; print(mmdigits.__file__)"], cwd=elsewhere,
+                           env=env, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert Path(where.strip()).is_relative_to(venv), where
+    job = subprocess.run([python, "-m", "mmdigits.train", "--cfg", "job", "model=crnn_cnn"], cwd=elsewhere,
+                         env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert "_target_: mmdigits.models.audio.CRNNEncoder" in job.stdout
+    assert not (elsewhere / "logs").exists()  # --cfg job composes only
