@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from mmdigits.data.challenge import Utterances
 from mmdigits.data.dataset import make_batch, pad_utterances
-from mmdigits.data.media import MfccSettings, load_digit_image, wav_mfcc
+from mmdigits.data.media import MfccSettings, audio_module, load_digit_image, wav_mfcc
 from mmdigits.errors import DataError, MMDigitsError
 from mmdigits.models.ensemble import load_members_and_data, mean_proba
 from mmdigits.models.loading import apply_test_time_shifts, load_checkpoint_model, single_checkpoint_path
@@ -63,7 +63,7 @@ def predict(cfg: DictConfig) -> np.ndarray:
 # ----------------------------------------------------------------------------- one pair
 def mfcc_settings_for(model: MultimodalModule, name: str = "checkpoint") -> MfccSettings:
     """The MFCC settings the model's training audio used; MMDigitsError when raw audio cannot be matched."""
-    import librosa
+    librosa = audio_module("librosa")
 
     info = model.hparams.get("data_info") or {}
     if not info:

@@ -4,6 +4,7 @@ recording that lies about its length is refused with one line naming the file.""
 from __future__ import annotations
 
 import struct
+import sys
 import wave
 from pathlib import Path
 
@@ -49,3 +50,15 @@ def test_long_recordings_and_lying_headers_are_bounded(tmp_path):
     assert len(y) <= MAX_RECORDING_SECONDS * 8000 and len(y) == 8000
     with pytest.raises(MMDigitsError, match="is a directory; expected a WAV file"):
         read_wav(tmp_path, 8000)
+
+
+@pytest.mark.parametrize("missing", ["librosa", "soundfile"])
+def test_recordings_without_the_audio_extra_say_what_to_install(missing, tmp_path, monkeypatch):
+    """librosa and soundfile come with the audio extra: without them a recording is refused with one line
+    that names the extra, not a traceback."""
+    from mmdigits.data.media import wav_mfcc
+
+    wav = _wav(tmp_path / "seven.wav", 0.5)
+    monkeypatch.setitem(sys.modules, missing, None)  # what an absent package looks like to import
+    with pytest.raises(MMDigitsError, match=r"pip install 'mmdigits\[audio\]'"):
+        wav_mfcc(wav)

@@ -8,10 +8,12 @@ pasted into a 28x28 frame so that its centre of mass sits at the frame centre. R
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -130,7 +132,7 @@ class MfccSettings:
         return self.sr // 100
 
     def as_dict(self) -> dict:
-        import librosa
+        librosa = audio_module("librosa")
 
         return {
             "sr": self.sr,
@@ -142,9 +144,22 @@ class MfccSettings:
         }
 
 
+AUDIO_EXTRA = "reading recordings needs librosa and soundfile: pip install 'mmdigits[audio]'"
+
+
+def audio_module(name: str) -> Any:
+    """``librosa`` or ``soundfile`` (the audio extra), or MMDigitsError saying how to install them."""
+    if name not in ("librosa", "soundfile"):
+        raise ValueError(name)
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise MMDigitsError(f"{AUDIO_EXTRA} ({name} is not installed)") from err
+
+
 def read_wav(path: str | os.PathLike[str], sr: int) -> np.ndarray:
     """Read a mono WAV file as float32, resampled to ``sr``; DataError if it is not a readable WAV."""
-    import soundfile as sf
+    sf = audio_module("soundfile")
 
     path = _user_file(path, "WAV")
     with open(path, "rb") as fh:
@@ -171,15 +186,13 @@ def read_wav(path: str | os.PathLike[str], sr: int) -> np.ndarray:
         raise DataError(f"{path}: WAV file has no samples; expected a non-empty recording")
     y = y.mean(axis=1)
     if file_sr != sr:
-        import librosa
-
-        y = librosa.resample(y, orig_sr=file_sr, target_sr=sr)
+        y = audio_module("librosa").resample(y, orig_sr=file_sr, target_sr=sr)
     return y.astype(np.float32)
 
 
 def wav_mfcc(path: str | os.PathLike[str], settings: MfccSettings = MfccSettings()) -> np.ndarray:
     """MFCC of a wav file, float32 (frames, n_mfcc)."""
-    import librosa
+    librosa = audio_module("librosa")
 
     y = read_wav(path, settings.sr)
     with warnings.catch_warnings():
