@@ -1,0 +1,42 @@
+"""The documents' links point at files that exist, and the README's commands compose."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from tests.hydra_utils import compose_cfg
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted(REPO.glob("experiments/**/*.md"))]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_relative_links_resolve(doc):
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text())
+    broken = [link for link in links if not link.startswith("http") and not (doc.parent / link).exists()]
+    assert not broken, broken
+
+
+def readme_train_commands() -> list[list[str]]:
+    """The overrides of each ``python -m mmdigits.train ...`` line of the README (single runs)."""
+    commands = []
+    for line in (REPO / "README.md").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("python -m mmdigits.train") and " -m " not in line[len("python -m") :]:
+            commands.append(shlex.split(line)[3:])
+    return commands
+
+
+def test_the_readme_names_the_train_commands_a_user_runs():
+    commands = readme_train_commands()
+    assert [] in commands and ["model=crnn_cnn"] in commands
+
+
+@pytest.mark.parametrize("overrides", readme_train_commands(), ids=lambda o: " ".join(o) or "default")
+def test_each_readme_train_command_composes(overrides, tmp_path):
+    cfg = compose_cfg("train", overrides, tmp_path)
+    assert cfg.model.audio_encoder._target_.startswith("mmdigits.models.")
