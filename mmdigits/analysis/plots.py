@@ -14,7 +14,7 @@ import pandas as pd
 from mmdigits.analysis.runs import read_scalars
 from mmdigits.errors import MMDigitsError
 from mmdigits.utils.io import atomic_savefig, atomic_write_bytes
-from mmdigits.utils.plain import load_yaml_data, plain_problem, shown
+from mmdigits.utils.plain import join_key, load_yaml_data, plain_problem, shown
 
 log = logging.getLogger("mmdigits.report")
 
@@ -137,21 +137,23 @@ def run_data_settings(run_dir: str | Path) -> dict[str, Any]:
     from mmdigits.data.datamodule import MMDigitsDataModule
 
     run_dir = Path(run_dir)
-    recorded = run_dir / RUN_FILE
-    if recorded.is_file():
-        data = json.loads(recorded.read_text()).get("data")
+    if (run_dir / RUN_FILE).is_file():
+        recorded = json.loads((run_dir / RUN_FILE).read_text())
+        data = recorded.get("data") if isinstance(recorded, dict) else None
     else:
-        data = (load_yaml_data(run_dir / ".hydra" / "config.yaml") or {}).get("data")
+        config = load_yaml_data(run_dir / ".hydra" / "config.yaml")
+        data = config.get("data") if isinstance(config, dict) else None
     if not isinstance(data, dict):
         raise FileNotFoundError(f"{run_dir}: no data settings recorded ({RUN_FILE})")
-    problem = plain_problem(data, "data")
-    target = data.get("_target_", DATAMODULE)
     params = set(inspect.signature(MMDigitsDataModule).parameters)
+    target = data.get("_target_", DATAMODULE)
     unknown = [k for k in data if k not in params and k != "_target_"]
-    if problem or target != DATAMODULE or unknown:
-        why = problem or (
-            f"data._target_ is {shown(target)}" if target != DATAMODULE else f"data.{unknown[0]}"
-        )
+    why = plain_problem(data, "data")
+    if why is None and target != DATAMODULE:
+        why = f"data._target_ is {shown(target)}"
+    if why is None and unknown:
+        why = f"{join_key('data', unknown[0])} is not a parameter"
+    if why is not None:
         raise MMDigitsError(f"{run_dir}: its data settings are not plain {DATAMODULE} settings: {why}")
     return {k: v for k, v in data.items() if k != "_target_"}
 

@@ -69,9 +69,6 @@ class _Array:
     state: tuple | None = None
 
 
-_MARK = object()
-
-
 def _pop_to_mark(stack: list[Any], marks: list[int]) -> list[Any]:
     if not marks:
         raise _Refused("a pickle opcode needs a mark that is not there")
