@@ -128,3 +128,10 @@ def test_the_seed_decides_and_repeats():
 
 
 PINNED_SPEAKERS = [1, 7]  # seed 5 on the 8-speaker toy split
+
+
+def test_two_speakers_are_enough():
+    split = toy_split(n=8, speakers=2, utterances=4, images=8)
+    parts = split_train_val(split, 0.5, seed=0)
+    assert parts.by == "speaker" and len(np.unique(split.speaker[parts.val])) == 1
+    assert parts.shared == {"utterances": 0, "images": 0, "speakers": 0}

@@ -34,7 +34,11 @@ PYTEST_ARGS = ["-m", "not slow and not integration", "-p", "no:cacheprovider", "
 # module -> the fast test files that exercise it
 MODULES: dict[str, tuple[str, ...]] = {
     "mmdigits/models/decision.py": ("tests/test_decision.py", "tests/test_module.py"),
-    "mmdigits/data/splits.py": ("tests/test_data_datamodule.py", "tests/test_user_mistakes.py"),
+    "mmdigits/data/splits.py": (
+        "tests/test_splits.py",
+        "tests/test_data_datamodule.py",
+        "tests/test_user_mistakes.py",
+    ),
     "mmdigits/tasks.py": ("tests/test_module.py", "tests/test_data_datamodule.py"),
     "mmdigits/utils/io.py": ("tests/test_data_io.py", "tests/test_reliability.py"),
     "mmdigits/data/samplers.py": ("tests/test_data_datamodule.py",),
