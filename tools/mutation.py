@@ -11,7 +11,8 @@ files (slow and integration tests left out: they spawn subprocesses, which never
 trampolines). mutmut then writes ``mutants/`` there and runs, per mutant, only the tests that cover the
 mutated function. Counts come from ``mutants/<module>.meta``; the table is printed and written to
 ``.mutation/results.md`` (and ``results.json``). A later run of the same module reuses mutmut's cache
-unless ``--fresh``. ``.mutation/`` and ``mutants/`` are git-ignored.
+only with ``--keep`` (by default every run starts afresh: mutmut's cache does not notice
+a test added to a file it already selected). ``.mutation/`` and ``mutants/`` are git-ignored.
 """
 
 from __future__ import annotations
@@ -39,15 +40,15 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_data_datamodule.py",
         "tests/test_user_mistakes.py",
     ),
-    "mmdigits/tasks.py": ("tests/test_module.py", "tests/test_data_datamodule.py"),
+    "mmdigits/tasks.py": ("tests/test_tasks.py", "tests/test_module.py", "tests/test_data_datamodule.py"),
     "mmdigits/utils/io.py": ("tests/test_data_io.py", "tests/test_reliability.py"),
-    "mmdigits/data/samplers.py": ("tests/test_data_datamodule.py",),
+    "mmdigits/data/samplers.py": ("tests/test_samplers.py", "tests/test_data_datamodule.py"),
     "mmdigits/models/augment.py": ("tests/test_augment.py",),
     "mmdigits/models/fusion.py": ("tests/test_fusion.py",),
     "mmdigits/models/layers.py": ("tests/test_encoders.py", "tests/test_augment.py"),
     "mmdigits/data/npy.py": ("tests/test_security.py", "tests/test_data_io.py"),
     "mmdigits/data/challenge.py": ("tests/test_data_validation.py", "tests/test_security.py"),
-    "mmdigits/data/dataset.py": ("tests/test_data_datamodule.py",),
+    "mmdigits/data/dataset.py": ("tests/test_dataset.py", "tests/test_data_datamodule.py"),
     "mmdigits/utils/rundir.py": ("tests/test_run_dirs.py", "tests/test_run_dir_claims.py"),
 }
 
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("modules", nargs="*", help="parts of module paths (default: all of MODULES)")
-    parser.add_argument("--fresh", action="store_true", help="forget mutmut's cached results first")
+    parser.add_argument("--keep", action="store_true", help="reuse mutmut's cached results (no new tests)")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--show", action="store_true", help="print the surviving mutants' diffs, no run")
     parser.add_argument("--list", action="store_true", help="print the module -> tests table, no run")
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     for module in modules:
         log = WORK / f"{work_dir(module).name}.log"
         print(f"{module}: {' '.join(MODULES[module])} (log: {log})", flush=True)
-        seconds[module] = run_module(module, args.fresh, args.max_children, log)
+        seconds[module] = run_module(module, not args.keep, args.max_children, log)
         stored[module] = {**counts(module), "seconds": seconds[module], "survivors": survivors(module)}
         results_file.write_text(json.dumps(stored, indent=1, sort_keys=True))
         print(f"  {counts(module)} in {seconds[module]:.0f} s", flush=True)
