@@ -160,3 +160,54 @@ def test_eval_sorting_is_stable_and_empty_sets_have_no_batches():
     assert [b.tolist() for b in EvalBatchSampler(5, 5, lengths=lengths)] == [[1, 4, 3, 0, 2]]
     assert len(EvalBatchSampler(0, 4)) == 0 and list(EvalBatchSampler(0, 4)) == []
     assert len(EvalBatchSampler(1, 4, 2, 1)) == 0  # a rank with an empty shard yields nothing
+
+
+def test_labels_may_be_zeros_and_ones():
+    s = TrainBatchSampler(8, 4, mode="undersample", labels=np.array([1, 0, 0, 1, 0, 0, 0, 0]), seed=0)
+    idx = s.epoch_indices(0)
+    assert sorted(idx[np.isin(idx, [0, 3])].tolist()) == [0, 3]
+    assert len(idx) == 4 and set(idx.tolist()) - {0, 3} <= {1, 2, 4, 5, 6, 7}
+
+
+def test_exactly_enough_negatives_are_drawn_without_repeats():
+    undersample = TrainBatchSampler(
+        8, 4, mode="undersample", labels=np.array([True] * 4 + [False] * 4), seed=5
+    )
+    assert sorted(undersample.epoch_indices(0).tolist()) == list(range(8))
+    weighted = TrainBatchSampler(8, 4, mode="weighted", labels=np.array([True] * 2 + [False] * 4), seed=5)
+    idx = weighted.epoch_indices(0)
+    assert sorted(idx[idx >= 2].tolist()) == [2, 3, 4, 5]
+
+
+def test_the_defaults():
+    s = TrainBatchSampler(30, 4)
+    assert [b.tolist() for b in s.batches(0)] == [
+        b.tolist() for b in TrainBatchSampler(30, 4, seed=0).batches(0)
+    ]
+    assert len(s) == 8 and sum(len(b) for b in s.batches(0)) == 30  # one rank
+    # bucketing sorts chunks of 50 batches: with 2-row batches, rows 101-102 of the epoch order are a chunk
+    lengths = np.arange(102)[::-1].copy()
+    full = TrainBatchSampler(102, 2, seed=3).epoch_indices(0)
+    batches = TrainBatchSampler(102, 2, lengths=lengths, bucketing=True, seed=3).batches(0)
+    assert sorted(full[100:].tolist()) in [sorted(b.tolist()) for b in batches]
+
+
+def test_length_sorting_keeps_equal_lengths_in_their_order():
+    lengths = np.arange(300) % 3
+    s = EvalBatchSampler(300, 300, lengths=lengths)
+    assert next(iter(s)).tolist() == sorted(range(300), key=lambda i: (lengths[i], i))
+    s = TrainBatchSampler(300, 10, lengths=lengths, bucketing=True, bucket_batches=30, seed=1)
+    order = s.epoch_indices(0)
+    position = {int(r): p for p, r in enumerate(order)}
+    expected = sorted(order.tolist(), key=lambda r: (lengths[r], position[r]))
+    slices = {tuple(expected[i : i + 10]) for i in range(0, 300, 10)}
+    assert {tuple(b.tolist()) for b in s.batches(0)} == slices
+
+
+def test_the_batch_order_of_a_seed_stays_what_it_was():
+    lengths = np.arange(12)
+    s = TrainBatchSampler(12, 3, lengths=lengths, bucketing=True, seed=0)
+    assert [int(lengths[b].min()) for b in s.batches(0)] == PINNED_ORDER
+
+
+PINNED_ORDER = [6, 0, 9, 3]  # seed 0, epoch 0: the shortest row of each batch, in batch order

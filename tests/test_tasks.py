@@ -173,3 +173,23 @@ def test_run_names_leave_out_what_the_task_does_not_read():
     assert get_task("match").num_outputs == 1 and get_task("digit").num_outputs == 10
     assert get_task("match").class_names == ["no match", "match"]
     assert get_task("digit").class_names == [str(d) for d in range(10)]
+
+
+def test_digit_repair_picks_the_drawn_share_of_the_digits_utterances_in_bank_order():
+    # 60 utterances (digits 0..9 in a shuffled bank order), 200 images: each image gets utterance number
+    # floor(u * count) among its digit's utterances, u the part's next uniform draw
+    bank_digit = np.random.default_rng(1).permutation(np.arange(60) % 10)
+    image_digit = np.random.default_rng(2).integers(0, 10, 200)
+    p = part(
+        rows=np.arange(200),
+        audio=np.arange(200) % 60,
+        image_digit=image_digit,
+        audio_digit=bank_digit,
+        source=None,
+        match=None,
+        rng=np.random.default_rng(9),
+    )
+    _, audio, _ = get_task("digit").select(p)
+    u = np.random.default_rng(9).random(200)
+    expected = [np.flatnonzero(bank_digit == d)[int(x * 6)] for d, x in zip(image_digit, u)]
+    assert audio.tolist() == expected
