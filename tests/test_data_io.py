@@ -140,3 +140,12 @@ def test_figures_take_their_format_from_the_suffix(tmp_path: Path) -> None:
     io.atomic_savefig(Figure(), tmp_path / "plain")
     assert saved == [(tmp_path, "svg", {"dpi": 50}), (tmp_path, "png", {})]
     assert (tmp_path / "plain").read_bytes() == b"img"
+
+
+def test_the_umask_is_read_without_changing_it() -> None:
+    old = os.umask(0o027)
+    try:
+        assert io._current_umask() == 0o027
+        assert os.umask(0o027) == 0o027  # still in force afterwards
+    finally:
+        os.umask(old)
