@@ -2,7 +2,7 @@
 
     python -m tools.mutation                     # every module in MODULES, one after another
     python -m tools.mutation decision splits     # some of them (any unique part of the path)
-    python -m tools.mutation --show decision     # the diff of each surviving mutant, no run
+    python -m tools.mutation --show decision     # each surviving mutant and its change, no run
     python -m tools.mutation --list              # the module -> test files table
 
 Per module, a work directory ``.mutation/<module>/`` gets a copy of ``mmdigits/``, ``tests/``, ``conf/`` and
@@ -174,11 +174,25 @@ def table(modules: list[str], seconds: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def changed_lines(work: Path, name: str) -> tuple[list[str], list[str]]:
+    """The removed and added lines of one mutant (``mutmut show``)."""
+    shown = subprocess.run([*mutmut_command(), "show", name], cwd=work, capture_output=True, text=True)
+    diff = [line for line in shown.stdout.splitlines() if not line.startswith(("---", "+++"))]
+    return [d[1:].strip() for d in diff if d.startswith("-")], [
+        d[1:].strip() for d in diff if d.startswith("+")
+    ]
+
+
 def show(module: str) -> None:
-    """The diff of every mutant of ``module`` that was not killed."""
+    """Every mutant of ``module`` that was not killed, one Markdown line each: its name, status and change."""
     work = work_dir(module)
+    codes = exit_codes(module)
+    print(f"### {module}")
     for name in survivors(module):
-        subprocess.run([*mutmut_command(), "show", name], cwd=work, check=False)
+        removed, added = changed_lines(work, name)
+        short = name.split(".")[-1].replace("\u01c1", ".")
+        change = f"`{' / '.join(removed)}` → `{' / '.join(added)}`"
+        print(f"- `{short}` ({status(codes[name])}): {change}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", help="parts of module paths (default: all of MODULES)")
     parser.add_argument("--keep", action="store_true", help="reuse mutmut's cached results (no new tests)")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--show", action="store_true", help="print the surviving mutants' diffs, no run")
+    parser.add_argument(
+        "--show", action="store_true", help="list the surviving mutants and their changes, no run"
+    )
     parser.add_argument("--list", action="store_true", help="print the module -> tests table, no run")
     args = parser.parse_args(argv)
     modules = select(args.modules)
