@@ -49,7 +49,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "mmdigits/data/npy.py": ("tests/test_security.py", "tests/test_data_io.py"),
     "mmdigits/data/challenge.py": ("tests/test_data_validation.py", "tests/test_security.py"),
     "mmdigits/data/dataset.py": ("tests/test_dataset.py", "tests/test_data_datamodule.py"),
-    "mmdigits/utils/rundir.py": ("tests/test_run_dirs.py", "tests/test_run_dir_claims.py"),
+    "mmdigits/utils/rundir.py": ("tests/test_rundir.py", "tests/test_run_dir_claims.py"),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped"}
@@ -94,7 +94,7 @@ def mutmut_section(module: str, tests: tuple[str, ...]) -> str:
     )
 
 
-def prepare(module: str, fresh: bool) -> Path:
+def prepare(module: str, fresh: bool, tests: tuple[str, ...]) -> Path:
     """The module's work directory, with fresh copies of the sources and tests (mutmut's ``mutants/`` and
     its cached results are kept unless ``fresh``)."""
     work = work_dir(module)
@@ -106,7 +106,7 @@ def prepare(module: str, fresh: bool) -> Path:
         shutil.rmtree(work / name, ignore_errors=True)
         shutil.copytree(ROOT / name, work / name, ignore=ignore)
     text = (ROOT / "pyproject.toml").read_text()
-    (work / "pyproject.toml").write_text(text + mutmut_section(module, MODULES[module]))
+    (work / "pyproject.toml").write_text(text + mutmut_section(module, tests))
     return work
 
 
@@ -115,9 +115,9 @@ def mutmut_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "mutmut"]
 
 
-def run_module(module: str, fresh: bool, max_children: int, log: Path) -> float:
-    """Run mutmut on one module (output to ``log``); the seconds it took."""
-    work = prepare(module, fresh)
+def run_module(module: str, tests: tuple[str, ...], fresh: bool, max_children: int, log: Path) -> float:
+    """Run mutmut on one module against ``tests`` (output to ``log``); the seconds it took."""
+    work = prepare(module, fresh, tests)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     start = time.monotonic()
     with log.open("w") as out:
@@ -206,8 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         "--show", action="store_true", help="list the surviving mutants and their changes, no run"
     )
     parser.add_argument("--list", action="store_true", help="print the module -> tests table, no run")
+    parser.add_argument("--tests", nargs="+", help="these test files instead of the table's (one module)")
     args = parser.parse_args(argv)
     modules = select(args.modules)
+    if args.tests and len(modules) != 1:
+        raise SystemExit("--tests replaces the test files of one module; name exactly one")
     if args.list:
         for module in modules:
             print(f"{module}: {' '.join(MODULES[module])}")
@@ -222,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     seconds = {m: v["seconds"] for m, v in stored.items()}
     for module in modules:
         log = WORK / f"{work_dir(module).name}.log"
-        print(f"{module}: {' '.join(MODULES[module])} (log: {log})", flush=True)
-        seconds[module] = run_module(module, not args.keep, args.max_children, log)
-        stored[module] = {**counts(module), "seconds": seconds[module], "survivors": survivors(module)}
+        tests = tuple(args.tests or MODULES[module])
+        print(f"{module}: {' '.join(tests)} (log: {log})", flush=True)
+        seconds[module] = run_module(module, tests, not args.keep, args.max_children, log)
+        stored[module] = {**counts(module), "seconds": seconds[module], "tests": tests}
+        stored[module]["survivors"] = survivors(module)
         results_file.write_text(json.dumps(stored, indent=1, sort_keys=True))
         print(f"  {counts(module)} in {seconds[module]:.0f} s", flush=True)
     report = table([m for m in MODULES if m in stored], seconds)
