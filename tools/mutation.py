@@ -47,7 +47,11 @@ MODULES: dict[str, tuple[str, ...]] = {
     "mmdigits/models/fusion.py": ("tests/test_fusion.py",),
     "mmdigits/models/layers.py": ("tests/test_encoders.py", "tests/test_augment.py"),
     "mmdigits/data/npy.py": ("tests/test_npy.py", "tests/test_security.py", "tests/test_data_io.py"),
-    "mmdigits/data/challenge.py": ("tests/test_data_validation.py", "tests/test_security.py"),
+    "mmdigits/data/challenge.py": (
+        "tests/test_challenge.py",
+        "tests/test_data_validation.py",
+        "tests/test_security.py",
+    ),
     "mmdigits/data/dataset.py": ("tests/test_dataset.py", "tests/test_data_datamodule.py"),
     "mmdigits/utils/rundir.py": ("tests/test_rundir.py", "tests/test_run_dir_claims.py"),
 }
