@@ -32,7 +32,16 @@ WORK = ROOT / ".mutation"
 COPIED = ("mmdigits", "tests", "conf")
 PYTEST_ARGS = ["-m", "not slow and not integration", "-p", "no:cacheprovider", "-W", "ignore"]
 
-# module -> the fast test files that exercise it
+# the tests of tests/test_security.py that read files in this process (the others start the commands)
+SECURITY = tuple(
+    f"tests/test_security.py::test_{name}"
+    for name in (
+        "object_array_where_numbers_belong_is_refused_unread",
+        "legitimate_object_arrays_still_load",
+        "absurdly_long_row_is_refused_with_its_row",
+    )
+)
+# module -> the fast test files (or tests) that exercise it
 MODULES: dict[str, tuple[str, ...]] = {
     "mmdigits/models/decision.py": ("tests/test_decision.py", "tests/test_module.py"),
     "mmdigits/data/splits.py": (
@@ -46,12 +55,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "mmdigits/models/augment.py": ("tests/test_augment.py",),
     "mmdigits/models/fusion.py": ("tests/test_fusion.py",),
     "mmdigits/models/layers.py": ("tests/test_encoders.py", "tests/test_augment.py"),
-    "mmdigits/data/npy.py": ("tests/test_npy.py", "tests/test_security.py", "tests/test_data_io.py"),
-    "mmdigits/data/challenge.py": (
-        "tests/test_challenge.py",
-        "tests/test_data_validation.py",
-        "tests/test_security.py",
-    ),
+    "mmdigits/data/npy.py": ("tests/test_npy.py", *SECURITY, "tests/test_data_io.py"),
+    "mmdigits/data/challenge.py": ("tests/test_challenge.py", "tests/test_data_validation.py", *SECURITY),
     "mmdigits/data/dataset.py": ("tests/test_dataset.py", "tests/test_data_datamodule.py"),
     "mmdigits/utils/rundir.py": ("tests/test_rundir.py", "tests/test_run_dir_claims.py"),
 }
