@@ -53,7 +53,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "mmdigits/utils/io.py": ("tests/test_data_io.py", "tests/test_reliability.py"),
     "mmdigits/data/samplers.py": ("tests/test_samplers.py", "tests/test_data_datamodule.py"),
     "mmdigits/models/augment.py": ("tests/test_augment.py",),
-    "mmdigits/models/fusion.py": ("tests/test_fusion.py",),
+    "mmdigits/models/fusion.py": ("tests/test_fusion_parts.py", "tests/test_fusion.py"),
     "mmdigits/models/layers.py": ("tests/test_encoders.py", "tests/test_augment.py"),
     "mmdigits/data/npy.py": ("tests/test_npy.py", *SECURITY, "tests/test_data_io.py"),
     "mmdigits/data/challenge.py": ("tests/test_challenge.py", "tests/test_data_validation.py", *SECURITY),
