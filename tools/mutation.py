@@ -18,6 +18,8 @@ a test added to a file it already selected). ``.mutation/`` and ``mutants/`` are
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
 import json
 import os
 import shutil
@@ -183,22 +185,35 @@ def table(modules: list[str], seconds: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def changed_lines(work: Path, name: str) -> tuple[list[str], list[str]]:
-    """The removed and added lines of one mutant (``mutmut show``)."""
-    shown = subprocess.run([*mutmut_command(), "show", name], cwd=work, capture_output=True, text=True)
-    diff = [line for line in shown.stdout.splitlines() if not line.startswith(("---", "+++"))]
-    return [d[1:].strip() for d in diff if d.startswith("-")], [
-        d[1:].strip() for d in diff if d.startswith("+")
-    ]
+def function_sources(work: Path, module: str) -> dict[str, list[str]]:
+    """The lines of every function in the mutated copy of ``module``, by name (mutmut writes each mutant
+    as a function ``<name>__mutmut_<n>`` next to the original, ``<name>__mutmut_orig``)."""
+    text = (work / "mutants" / module).read_text()
+    tree = ast.parse(text)
+    found = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and "__mutmut_" in node.name:
+            found[node.name] = (ast.get_source_segment(text, node) or "").splitlines()[1:]
+    return found
+
+
+def changed_lines(sources: dict[str, list[str]], name: str) -> tuple[list[str], list[str]]:
+    """The removed and added lines of one mutant against its original function."""
+    function = name.rsplit(".", 1)[-1]
+    mutant = sources.get(function, [])
+    original = sources.get(function.rsplit("__mutmut_", 1)[0] + "__mutmut_orig", [])
+    diff = list(difflib.ndiff(original, mutant))
+    removed = [d[2:].strip() for d in diff if d.startswith("- ")]
+    return removed, [d[2:].strip() for d in diff if d.startswith("+ ")]
 
 
 def show(module: str) -> None:
     """Every mutant of ``module`` that was not killed, one Markdown line each: its name, status and change."""
-    work = work_dir(module)
     codes = exit_codes(module)
+    sources = function_sources(work_dir(module), module) if codes else {}
     print(f"### {module}")
     for name in survivors(module):
-        removed, added = changed_lines(work, name)
+        removed, added = changed_lines(sources, name)
         short = name.split(".")[-1].replace("\u01c1", ".")
         change = f"`{' / '.join(removed)}` → `{' / '.join(added)}`"
         print(f"- `{short}` ({status(codes[name])}): {change}")
