@@ -193,3 +193,16 @@ def test_digit_repair_picks_the_drawn_share_of_the_digits_utterances_in_bank_ord
     u = np.random.default_rng(9).random(200)
     expected = [np.flatnonzero(bank_digit == d)[int(x * 6)] for d, x in zip(image_digit, u)]
     assert audio.tolist() == expected
+
+
+def test_a_new_task_class_registers_itself_by_name():
+    from mmdigits.tasks import Task
+
+    class ProbeTask(Task):
+        name = "probe"
+
+    try:
+        assert Task.registry["probe"] is ProbeTask
+        assert isinstance(get_task("probe"), ProbeTask)
+    finally:
+        del Task.registry["probe"]
