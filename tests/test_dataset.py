@@ -123,3 +123,28 @@ def test_the_dataset_returns_whole_batches():
     assert d["image_digit"].tolist() == [5] and d["audio_digit"].tolist() == [7]
     assert d["image_digit"].dtype == d["audio_digit"].dtype == torch.int64
     assert d["audio"].shape == (1, 5, 13) and d["index"].dtype == torch.int64
+
+
+def test_padding_a_single_frame_reads_only_that_frame():
+    audio, lengths = pad_utterances(torch.ones(1, 13), torch.tensor([0]), torch.tensor([1]), n_frames=3)
+    assert audio[0, :, 0].tolist() == [1.0, 0.0, 0.0] and lengths.tolist() == [1]
+
+
+def test_narrow_integer_inputs_come_out_as_int64():
+    t = SplitTensors.from_split(split())
+    i32 = np.int32
+    ds = BatchDataset(
+        t,
+        np.array([0, 1], i32),
+        np.array([0, 1], i32),
+        None,
+        image_digit=np.array([3, 5], i32),
+        audio_digit=np.array([4, 7], i32),
+    )
+    b = ds[np.array([1], i32)]
+    assert b["index"].dtype == b["image_digit"].dtype == b["audio_digit"].dtype == torch.int64
+
+
+def test_image_statistics_without_white_pixels():
+    mean, _ = SplitTensors.from_split(split()).image_stats(np.array([1]))  # one pixel of 51, no 255
+    assert mean == pytest.approx(0.2 / 784, rel=1e-5)

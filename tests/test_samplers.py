@@ -22,7 +22,7 @@ LABELS = np.array([True] * 4 + [False] * 16)  # 4 positives (rows 0-3), 16 negat
         ({"mode": "weighted"}, "sampler='weighted' needs binary labels"),
         ({"mode": "undersample", "labels": np.ones(20, bool)}, "needs both positive and negative rows"),
         ({"mode": "weighted", "labels": np.zeros(20, bool)}, "needs both positive and negative rows"),
-        ({"bucketing": True}, "bucketing needs lengths"),
+        ({"bucketing": True}, "^bucketing needs lengths$"),
         ({"rank": 2, "num_replicas": 2}, r"rank 2 not in \[0, 2\)"),
         ({"rank": -1}, r"rank -1 not in \[0, 1\)"),
     ],
@@ -211,3 +211,10 @@ def test_the_batch_order_of_a_seed_stays_what_it_was():
 
 
 PINNED_ORDER = [6, 0, 9, 3]  # seed 0, epoch 0: the shortest row of each batch, in batch order
+
+
+def test_zero_one_labels_never_draw_a_positive_as_a_negative():
+    labels = np.array([1, 1] + [0] * 8)
+    s = TrainBatchSampler(10, 5, mode="weighted", labels=labels, seed=0)
+    for epoch in range(10):
+        assert (s.epoch_indices(epoch) < 2).sum() == 5  # n // 2 positives, the rest negatives only
