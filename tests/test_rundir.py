@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
@@ -225,7 +226,8 @@ def test_output_directories_of_evaluate_predict_embed(tmp_path):
     rundir.claim_output_dir(cfg(tmp_path, overwrite=True), tmp_path)
 
 
-def test_claimed_locks_claims_announces_and_yields_the_decision(tmp_path):
+def test_claimed_locks_claims_announces_and_yields_the_decision(tmp_path, monkeypatch):
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # outside a Hydra app, whatever ran before
     c = cfg(tmp_path / "run")
     with rundir.claimed(c, lambda cfg_, d: f"decided {d.name}") as decision:
         assert decision == "decided run"
