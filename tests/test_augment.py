@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mmdigits.models import augment as aug
 from mmdigits.models.augment import (
     cepstral_warp,
     draw_mix,
@@ -226,3 +228,33 @@ def test_shift_image_moves_the_digit_and_fills_with_background():
     assert (shift_image(edge, 1, 0)[..., :, 0] == 0).all() and (
         shift_image(edge, 0, -1)[..., -1, :] == 0
     ).all()
+
+
+def test_random_shift_moves_the_whole_batch_by_one_offset_within_the_bound():
+    torch.manual_seed(0)
+    image = torch.zeros(2, 1, 9, 9)
+    image[:, 0, 4, 4] = 1.0
+    image[1, 0, 4, 5] = 2.0
+    seen = set()
+    for _ in range(60):
+        out = aug.random_shift(image, 2)
+        y, x = (int(v) for v in torch.nonzero(out[0, 0] == 1.0)[0])
+        dy, dx = y - 4, x - 4
+        assert abs(dx) <= 2 and abs(dy) <= 2
+        assert out[1, 0, 4 + dy, 5 + dx] == 2.0  # the same offset for every image
+        seen.add((dx, dy))
+    assert {d for d, _ in seen} == {-2, -1, 0, 1, 2} and {d for _, d in seen} == {-2, -1, 0, 1, 2}
+    assert torch.equal(aug.random_shift(image, 0), image)
+
+
+def test_affine_parameters_are_checked_when_the_model_is_built():
+    assert aug.check_affine(None) is None
+    assert aug.check_affine({}) == {}
+    params = {"degrees": 10.0, "scale": 0.1, "shift": 2.0, "elastic": 1.0}
+    assert aug.check_affine(params) is params
+    with pytest.raises(
+        ValueError, match=r"model.image_affine=\{'degree': 10\}: .*degree.*; it takes \['degrees', "
+    ):
+        aug.check_affine({"degree": 10})
+    with pytest.raises(ValueError, match=r"it takes \['degrees', 'scale', 'shift', 'elastic', 'sigma'\]"):
+        aug.check_affine({"degrees": 1.0})
