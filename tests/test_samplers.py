@@ -204,15 +204,6 @@ def test_length_sorting_keeps_equal_lengths_in_their_order():
     assert {tuple(b.tolist()) for b in s.batches(0)} == slices
 
 
-def test_the_batch_order_of_a_seed_stays_what_it_was():
-    lengths = np.arange(12)
-    s = TrainBatchSampler(12, 3, lengths=lengths, bucketing=True, seed=0)
-    assert [int(lengths[b].min()) for b in s.batches(0)] == PINNED_ORDER
-
-
-PINNED_ORDER = [6, 0, 9, 3]  # seed 0, epoch 0: the shortest row of each batch, in batch order
-
-
 def test_zero_one_labels_never_draw_a_positive_as_a_negative():
     labels = np.array([1, 1] + [0] * 8)
     s = TrainBatchSampler(10, 5, mode="weighted", labels=labels, seed=0)

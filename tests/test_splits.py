@@ -123,11 +123,6 @@ def test_the_seed_decides_and_repeats():
     assert first.val.tolist() == split_train_val(split, 0.25, seed=5).val.tolist()
     others = {tuple(split_train_val(split, 0.25, seed=s).val.tolist()) for s in range(6)}
     assert len(others) > 1
-    # the same seed gives the same validation speakers as it always has (runs stay comparable)
-    assert np.unique(split.speaker[first.val]).tolist() == PINNED_SPEAKERS
-
-
-PINNED_SPEAKERS = [1, 7]  # seed 5 on the 8-speaker toy split
 
 
 def test_two_speakers_are_enough():
