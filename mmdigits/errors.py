@@ -20,3 +20,10 @@ class CheckpointError(MMDigitsError):
 def is_user_error(err: BaseException) -> bool:
     """Problems with the user's files or settings (printed as one line), as opposed to bugs."""
     return isinstance(err, (MMDigitsError, FileNotFoundError))
+
+
+def first_line(err: BaseException, limit: int | None = None) -> str:
+    """The first line of ``err``'s message (its type's name when the message is empty), cut to ``limit``
+    characters: what a one-line error may quote of an exception raised by a library."""
+    line = (str(err).splitlines() or [type(err).__name__])[0]
+    return line if limit is None else line[:limit]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -127,7 +126,6 @@ def _zoom(ax: Any, curves: dict[str, np.ndarray], tag: str) -> None:
 
 
 # ----------------------------------------------------------------------------- confusion
-RUN_FILE = "run.json"  # written by mmdigits.utils.rundir.record_start
 DATAMODULE = "mmdigits.data.datamodule.MMDigitsDataModule"
 
 
@@ -135,11 +133,11 @@ def run_data_settings(run_dir: str | Path) -> dict[str, Any]:
     """The run's data settings as plain data: ``run.json``'s (resolved by ``train``), else the data section
     of ``.hydra/config.yaml`` when it holds no interpolation. Never resolved, never built from."""
     from mmdigits.data.datamodule import MMDigitsDataModule
+    from mmdigits.utils.rundir import RUN_FILE, read_run_file
 
     run_dir = Path(run_dir)
     if (run_dir / RUN_FILE).is_file():
-        recorded = json.loads((run_dir / RUN_FILE).read_text())
-        data = recorded.get("data") if isinstance(recorded, dict) else None
+        data = read_run_file(run_dir).get("data")
     else:
         config = load_yaml_data(run_dir / ".hydra" / "config.yaml")
         data = config.get("data") if isinstance(config, dict) else None

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mmdigits.errors import DataError
+from mmdigits.errors import DataError, first_line
 
 N_COLUMNS = 13
 # what a pickled object array of float arrays names: numpy 1.x files say numpy.core, numpy 2.x numpy._core,
@@ -289,7 +289,7 @@ def load_npy(path: str | os.PathLike[str], *, objects: bool = False) -> np.ndarr
         except EOFError as e:
             raise DataError(f"{path}: truncated or corrupt .npy file (header cut short)") from e
         except Exception as e:  # numpy parses the header with ast/tokenize: many error types
-            first = (str(e).splitlines() or [""])[0][:200]
+            first = first_line(e, 200)
             raise DataError(
                 f"{path}: not a .npy file ({first}); expected an array saved with numpy.save"
             ) from e
@@ -320,7 +320,5 @@ def _read_objects(data: bytes, path: Path, n: int) -> np.ndarray:
     except MemoryError:
         raise DataError(f"{path}: refuses to load: its arrays do not fit in memory") from None
     except Exception as e:  # pickletools: a truncated or corrupt opcode stream
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise DataError(
-            f"{path}: truncated or corrupt .npy file ({type(e).__name__}: {first[:200]})"
-        ) from None
+        first = first_line(e, 200)
+        raise DataError(f"{path}: truncated or corrupt .npy file ({type(e).__name__}: {first})") from None

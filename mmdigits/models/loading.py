@@ -19,7 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
-from mmdigits.errors import CheckpointError, MMDigitsError
+from mmdigits.errors import CheckpointError, MMDigitsError, first_line
 from mmdigits.models.module import OPTIONAL_BUFFERS, MultimodalModule, plain
 from mmdigits.models.safe_hparams import check_hparams
 
@@ -53,7 +53,7 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu", trust: bool = F
             ) from err
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?)") from err
     except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        first = first_line(err)
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {first}") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise CheckpointError(f"{path}: not an mmdigits checkpoint (no state_dict/hyper_parameters)")
@@ -118,12 +118,12 @@ def load_checkpoint_model(
     try:
         model = MultimodalModule(**ckpt["hyper_parameters"])
     except Exception as err:  # bad kwargs for a zoo class, an unknown task...
-        first = (str(err).splitlines() or [type(err).__name__])[0][:300]
+        first = first_line(err, 300)
         raise CheckpointError(f"{path}: its model config cannot be built here: {first}") from err
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as err:
-        first = str(err).splitlines()[0]
+        first = first_line(err)
         raise CheckpointError(
             f"{path}: weights do not fit the model config stored with them "
             f"(a checkpoint from a different model config?): {first}"

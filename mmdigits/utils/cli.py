@@ -14,6 +14,7 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 
 from mmdigits.errors import USER_ERROR_EXIT_CODE, is_user_error
+from mmdigits.utils.run import close_log_files
 from mmdigits.utils.rundir import RunDirRefused
 from mmdigits.utils.signals import SIGTERM_EXIT_CODE, is_sigterm
 from mmdigits.utils.sweep import hydra_mode, record_failed_job, run_dir, write_error_file
@@ -37,16 +38,8 @@ def _exit_interrupted() -> NoReturn:
 
 def detach_log_files(directory: Path | None) -> None:
     """Close and remove the log handlers writing into ``directory`` (their files opened on first record)."""
-    if directory is None:
-        return
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if (
-            isinstance(handler, logging.FileHandler)
-            and Path(handler.baseFilename).parent == directory.absolute()
-        ):
-            root.removeHandler(handler)
-            handler.close()
+    if directory is not None:
+        close_log_files(lambda path: path.parent == directory.absolute())
 
 
 def _exit_user_error(err: BaseException) -> NoReturn:

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from mmdigits.errors import first_line
+
 MAX_DEPTH = 16  # our configs nest 3 levels
 MAX_ITEMS = 200_000
 
@@ -72,5 +74,5 @@ def load_yaml_data(path: str | Path) -> Any:
     try:
         return yaml.load(Path(path).read_text(), Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:
-        first = (str(err).splitlines() or [""])[0]
+        first = first_line(err)
         raise ValueError(f"{path}: not a plain-data YAML file: {first}") from None

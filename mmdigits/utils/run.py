@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +56,21 @@ def drop_nonzero_rank_log_files() -> None:
     so Hydra opens a second log file in the run directory. Only rank 0 writes files: close and remove it."""
     if rank_zero_only.rank == 0:
         return
+    for path in close_log_files(lambda path: True):
+        if "_ddp_process_" in path.name:
+            path.unlink(missing_ok=True)
+
+
+def close_log_files(where: Callable[[Path], bool]) -> list[Path]:
+    """Close and remove the root logger's file handlers whose file ``where`` accepts; their files."""
     root = logging.getLogger()
+    closed = []
     for handler in list(root.handlers):
-        if isinstance(handler, logging.FileHandler):
+        if isinstance(handler, logging.FileHandler) and where(Path(handler.baseFilename)):
             root.removeHandler(handler)
             handler.close()
-            if "_ddp_process_" in os.path.basename(handler.baseFilename):
-                Path(handler.baseFilename).unlink(missing_ok=True)
+            closed.append(Path(handler.baseFilename))
+    return closed
 
 
 def _choice(group: str) -> str | None:

@@ -130,13 +130,18 @@ def run_state(directory: Path, cfg_hash: str) -> str:
     return "partial" if (directory / "checkpoints" / "last.ckpt").is_file() else "other"
 
 
-def recorded_hash(directory: Path) -> str | None:
-    """The config hash that ``run.json`` records (None when absent or unreadable)."""
+def read_run_file(directory: Path) -> dict[str, Any]:
+    """What ``run.json`` records: the config hash and the data settings ({} when absent or unreadable)."""
     try:
         recorded = json.loads((directory / RUN_FILE).read_text())
     except (OSError, ValueError):
-        return None
-    return recorded.get("config_hash") if isinstance(recorded, dict) else None
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def recorded_hash(directory: Path) -> str | None:
+    """The config hash that ``run.json`` records (None when absent or unreadable)."""
+    return read_run_file(directory).get("config_hash")
 
 
 def clear_run(directory: Path) -> None:
