@@ -18,10 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 from mmdigits.analysis.robustness import missing_modality_accuracy
 from mmdigits.models.loading import check_resume_checkpoint, read_checkpoint
 from mmdigits.utils.cli import clean_errors
+from mmdigits.utils.io import atomic_save_npy
 from mmdigits.utils.run import (
     budget,
     check_validation,
+    PREDICTIONS_FILE,
     drop_nonzero_rank_log_files,
+    environment,
     hparams_for_logging,
     instantiate_callbacks,
     instantiate_loggers,
@@ -104,6 +107,8 @@ def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
             read_checkpoint(ckpt)  # the one choke point for checkpoints, before Lightning reads it
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         metrics.update(metrics_to_floats(trainer.callback_metrics))
+        if trainer.is_global_zero and model.test_predictions is not None:
+            atomic_save_npy(output_dir / PREDICTIONS_FILE, model.test_predictions.numpy())
         if cfg.get("test_missing_modalities", True) and trainer.is_global_zero:  # the tested weights
             metrics.update(missing_modality_accuracy(model, datamodule.whole_test_dataloader()))
     elif cfg.get("test", True):
@@ -119,6 +124,7 @@ def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
             "global_step": trainer.global_step,
             "wall_time_s": round(time.perf_counter() - start, 2),
             "config_hash": config_hash(cfg),
+            "environment": environment(),
         }
     )
     if trainer.is_global_zero:
@@ -131,6 +137,8 @@ def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
 @clean_errors
 def main(cfg: DictConfig) -> float | None:
     drop_nonzero_rank_log_files()
+    if cfg.get("deprecated"):
+        log.warning("%s", cfg.deprecated)
     if cfg.get("print_config", False):
         print(OmegaConf.to_yaml(cfg, resolve=True))
     metrics = train(cfg)

@@ -164,3 +164,52 @@ def check_validation(cfg: DictConfig) -> None:
             f"data.val_fraction={cfg.data.val_fraction} leaves no validation split, but callbacks watch "
             f"{', '.join(watching)}; keep a validation split, or pass callbacks=none"
         )
+
+
+PREDICTIONS_FILE = "test_predictions.npy"  # (pairs, 4): index, target, decision, probability
+
+
+def _commit() -> str | None:
+    """The source's git commit (``+dirty`` with uncommitted changes), or None outside a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def environment() -> dict[str, Any]:
+    """Where a run ran: machine, commit and the versions of the libraries its figures depend on."""
+    import os
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "commit": _commit(),
+        "python": platform.python_version(),
+        **{name: ver(name) for name in ("torch", "lightning", "torchmetrics", "numpy", "hydra-core")},
+        "cpu": cpu,
+        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch_threads": torch.get_num_threads(),
+    }

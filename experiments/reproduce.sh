@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Re-run the experiments behind the records, then regenerate each record from its runs:
+#   bash experiments/reproduce.sh                     # every experiment below, in this order
+#   bash experiments/reproduce.sh audio_only digit    # some of them
+# Every sweep has a fixed directory under logs/train/multiruns/<name>, so running this again resumes:
+# finished runs are skipped and a run cut short resumes from its checkpoints/last.ckpt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ALL=(audio_only image_only_mnist_refit default match_accurate match_labels_only fusion_study
+     fusion_study_match_labels_only image_only image_only_mnist digit)
+
+train() {  # train NAME [overrides...]: seeds 0, 1 and 2 of one recipe
+  local name=$1
+  shift
+  python -m mmdigits.train -m "$@" seed=0,1,2 "hydra.sweep.dir=\${paths.log_dir}/train/multiruns/$name" \
+    'hydra.sweep.subdir=seed${seed}'
+}
+
+for name in "${@:-${ALL[@]}}"; do
+  case $name in
+    default) train default ;;
+    fusion_study | fusion_study_match_labels_only) python -m mmdigits.train experiment="$name" ;;
+    *) train "$name" experiment="$name" ;;
+  esac
+  python -m mmdigits.report "logs/train/multiruns/$name" --record "experiments/$name"
+done
