@@ -1,8 +1,12 @@
 """Compare runs: ``python -m mmdigits.report logs/train/multiruns/<sweep> [more runs] [--metric test/acc]``.
 
-Writes ``report.md`` (mean ± std over seeds per group of runs, then one row per run), ``curves.png``
-(validation accuracy and loss per epoch: one line per group with a min-max band) and ``confusion.png``
-(best run, recomputed on the test split) into the first PATH.
+Writes ``report.md`` (mean ± std over seeds per group of runs; 95 % confidence intervals over seeds and over
+test pairs; paired tests of every group against the best, Holm-corrected; one row per run; the machines and
+versions the runs recorded), ``curves.png`` (validation accuracy and loss per epoch: one line per group with a
+min-max band) and ``confusion.png`` (best run, recomputed on the test split) into the first PATH.
+
+``--record experiments/<name>`` writes the same into that experiment record's README.md (below its marker
+line) and summary.json instead; ``--index experiments`` rebuilds experiments/README.md from the records.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mmdigits.analysis import records
 from mmdigits.analysis.plots import plot_curves, write_confusion
 from mmdigits.analysis.runs import COLUMNS, markdown_table, runs_frame, seed_groups, sort_runs
 from mmdigits.utils.io import atomic_write_bytes
@@ -25,10 +30,14 @@ GROUP_COLUMNS = {"test/acc": "test acc", "test/f1": "test F1", "test/auroc": "te
 
 
 def write_report(
-    paths: Sequence[str | Path], metric: str = "test/acc", out_dir: str | Path | None = None
+    paths: Sequence[str | Path],
+    metric: str = "test/acc",
+    out_dir: str | Path | None = None,
+    record: str | Path | None = None,
 ) -> Path:
-    """Write report.md, curves.png and confusion.png into ``out_dir`` (default: the first path)."""
-    out = Path(out_dir or paths[0])
+    """Write report.md, curves.png and confusion.png into ``out_dir`` (default: the first path), or the
+    generated part of the experiment record ``record`` (a directory) with its summary.json."""
+    out = Path(record or out_dir or paths[0])
     df = runs_frame(paths)
     if df.empty:
         raise FileNotFoundError(f"no runs (metrics.json) under {', '.join(map(str, paths))}")
@@ -45,9 +54,13 @@ def write_report(
     tested = "test/acc" in df and df["test/acc"].notna().any()  # a search on validation never looks at test
     how = write_confusion(df.iloc[0], out / "confusion.png") if tested else None
     cut = df[df["stopped_by"].isin(["max_time", "interrupted"])] if "stopped_by" in df else df.iloc[:0]
+    predictions = records.group_predictions(df) if tested else {}
+    stats = records.group_statistics(df, predictions) if tested else []
     text = [
         f"# Run report: {len(df)} runs, {df['group'].nunique()} groups",
         "",
+        *(records.statistics_section(stats) if stats else []),
+        *records.significance_section(stats, predictions),
         "## Mean ± std over seeds",
         "",
         "Groups are the runs that differ only by their seed, named by the choices that set them apart;",
@@ -67,25 +80,36 @@ def write_report(
         "",
         markdown_table(df, cols),
         "",
+        *records.environment_section(df),
     ]
     if how:
         text += [f"## Best run: {df.iloc[0]['run']}", "", f"Confusion matrix ({how}):", "",
                  "![confusion matrix](confusion.png)", ""]  # fmt: skip
+    if record is not None:
+        return records.write_record(out, text[2:], records.summary(out.name, stats, df))
     atomic_write_bytes(out / "report.md", "\n".join(text).encode())
     return out / "report.md"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mmdigits.report", description=__doc__.splitlines()[0])
-    p.add_argument("paths", nargs="+", help="run directories or multirun directories")
+    p.add_argument("paths", nargs="*", help="run directories or multirun directories")
     p.add_argument("--metric", default="test/acc", help="sort by this metric (default test/acc)")
     p.add_argument("--out", default=None, help="output directory (default: the first PATH)")
+    p.add_argument(
+        "--record", default=None, help="an experiment record's directory: write its generated part"
+    )
+    p.add_argument("--index", default=None, help="rebuild DIR/README.md from the records' summary.json files")
     a = p.parse_args(argv)
+    if not a.paths and not a.index:
+        p.error("give run directories, or --index DIR")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("tensorboard").setLevel(logging.WARNING)
     try:
-        path = write_report(a.paths, a.metric, a.out)
-    except (FileNotFoundError, KeyError) as err:
+        path = write_report(a.paths, a.metric, a.out, a.record) if a.paths else None
+        if a.index:
+            path = records.write_index(Path(a.index))
+    except (FileNotFoundError, KeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path}")

@@ -1,0 +1,300 @@
+"""Experiment records regenerated from runs: the statistics sections of a report, a record's generated part,
+and the index of every record.
+
+A record is ``experiments/<name>/README.md``. Its text above the marker line is written by people (the
+question, the recipe and how it was chosen, how often the test split was read); everything from the marker on
+is written by ``python -m mmdigits.report <runs> --record experiments/<name>`` and replaced whole on the
+next run. The report also writes ``summary.json`` beside it, which ``--index experiments`` collects into
+``experiments/README.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mmdigits.analysis import stats
+from mmdigits.analysis.runs import markdown_table
+from mmdigits.utils.io import atomic_write_bytes, atomic_write_json
+
+MARKER = "<!-- Everything below is written by python -m mmdigits.report; edit the text above it only. -->"
+README_BEGIN = "<!-- results: written by python -m mmdigits.report --index experiments -->"
+README_END = "<!-- end of results -->"
+INDEX_MARKER = "<!-- The table below is written by python -m mmdigits.report --index experiments. -->"
+SUMMARY_FILE = "summary.json"
+ENV_KEYS = (
+    "commit",
+    "python",
+    "torch",
+    "lightning",
+    "torchmetrics",
+    "numpy",
+    "hydra-core",
+    "cpu",
+    "cpu_count",
+    "gpu",
+    "torch_threads",
+)
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _ci(lo: float, hi: float) -> str:
+    return "–" if math.isnan(lo) else f"[{lo:.4f}, {hi:.4f}]"
+
+
+def _time(g: dict[str, Any]) -> str:
+    return "–" if not g["wall_s"] else f"{g['wall_s'][0]:.0f}–{g['wall_s'][1]:.0f} s"
+
+
+def _rate(g: dict[str, Any]) -> str:
+    return "–" if g["pairs_per_s"] is None else f"{g['pairs_per_s']:,.0f}"
+
+
+def _p(p: float) -> str:
+    return "–" if math.isnan(p) else f"{p:.2g}" if p >= 1e-4 else "< 1e-4"
+
+
+def group_predictions(df: pd.DataFrame) -> dict[str, dict[int, np.ndarray]]:
+    """``group -> seed -> correctness per test pair`` for the runs that saved predictions."""
+    rows = {}
+    for _, r in df.iterrows():
+        pred = stats.read_predictions(r["dir"])
+        if pred is not None:
+            rows[(r["group"], int(r["seed"]) if r["seed"] is not None else 0)] = pred
+    if not rows:
+        return {}
+    keys = list(rows)
+    correct = stats.correctness([rows[k] for k in keys])
+    out: dict[str, dict[int, np.ndarray]] = {}
+    for (group, seed), c in zip(keys, correct):
+        out.setdefault(group, {})[seed] = c
+    return out
+
+
+def group_statistics(df: pd.DataFrame, predictions: dict[str, dict[int, np.ndarray]]) -> list[dict[str, Any]]:
+    """Per group, best mean test accuracy first: seeds, mean, t interval over seeds, bootstrap interval over
+    test pairs, time per run and inference rate."""
+    out = []
+    for group, sub in df.groupby("group", sort=False):
+        acc = [_num(v) for v in sub["test/acc"]]
+        acc = [a for a in acc if not math.isnan(a)]
+        if not acc:
+            continue
+        mean, lo, hi = stats.seed_interval(acc)
+        pairs = predictions.get(group)
+        plo, phi = stats.pair_interval(np.stack(list(pairs.values()))) if pairs else (math.nan, math.nan)
+        wall = pd.to_numeric(sub["wall_time_s"], errors="coerce").dropna()
+        rate = pd.to_numeric(sub.get("test/pairs_per_s", pd.Series(dtype=float)), errors="coerce").dropna()
+        out.append(
+            {
+                "group": group,
+                "n": len(acc),
+                "seeds": sorted(int(s) for s in sub["seed"] if s is not None),
+                "mean": mean,
+                "ci_seeds": [lo, hi],
+                "ci_pairs": [plo, phi],
+                "wall_s": [float(wall.min()), float(wall.max())] if len(wall) else None,
+                "pairs_per_s": float(rate.median()) if len(rate) else None,
+                "stopped_by": sorted({str(s) for s in sub["stopped_by"] if s}),
+            }
+        )
+    return sorted(out, key=lambda g: -g["mean"])
+
+
+def statistics_section(groups: list[dict[str, Any]]) -> list[str]:
+    rows = [
+        {
+            "group": g["group"],
+            "seeds": len(g["seeds"]),
+            "mean test acc": f"{g['mean']:.4f}",
+            "95 % CI over seeds (t)": _ci(*g["ci_seeds"]),
+            "95 % CI over test pairs (bootstrap)": _ci(*g["ci_pairs"]),
+            "time per run": _time(g),
+            "inference pairs/s (median)": _rate(g),
+        }
+        for g in groups
+    ]
+    return [
+        "## Test accuracy with 95 % confidence intervals",
+        "",
+        "Over seeds: a t interval of the seeds' accuracies. Over test pairs: a percentile bootstrap (2,000",
+        "resamples of the test pairs) of the accuracy of the seeds' mean correctness per pair.",
+        "",
+        markdown_table(pd.DataFrame(rows)),
+        "",
+    ]
+
+
+def significance_section(
+    groups: list[dict[str, Any]], predictions: dict[str, dict[int, np.ndarray]]
+) -> list[str]:
+    have = [g["group"] for g in groups if g["group"] in predictions]
+    if len(have) < 2:
+        return []
+    best = have[0]
+    comparisons = stats.compare_with_best({g: predictions[g] for g in have}, best)
+    rows = [
+        {
+            "group": c.group,
+            "seeds": ",".join(map(str, c.seeds)),
+            "difference": f"{c.difference:+.4f}",
+            "McNemar p per seed": " / ".join(_p(p) for p in c.per_seed_p),
+            "paired p (seeds combined)": _p(c.p),
+            "Holm-corrected p": _p(c.p_holm),
+            "verdict": "worse than the best" if c.distinguishable else "indistinguishable from the best",
+            "seeds needed (80 % power)": "–"
+            if c.distinguishable or c.seeds_needed is None
+            else str(c.seeds_needed),
+        }
+        for c in comparisons
+    ]
+    same = [best] + [c.group for c in comparisons if not c.distinguishable]
+    return [
+        "## Paired tests against the best group",
+        "",
+        f"Best mean test accuracy: `{best}`. Each group is compared with it on the same test pairs, seed",
+        "with seed: McNemar's exact test per seed, and a paired permutation test (9,999 resamples) of the",
+        "difference in mean correctness per pair with the seeds combined, Holm-corrected over the",
+        f"comparisons below (α = {stats.ALPHA}). Where a difference is not significant, the last column",
+        "estimates how many seeds a paired t test over seeds would need to find the observed per-seed",
+        "difference at 80 % power.",
+        "",
+        markdown_table(pd.DataFrame(rows)),
+        "",
+        "Statistically indistinguishable from the best (including it): "
+        + ", ".join(f"`{g}`" for g in same)
+        + ".",
+        "",
+    ]
+
+
+def environments(df: pd.DataFrame) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    for d in df["dir"]:
+        env = json.loads((Path(d) / "metrics.json").read_text()).get("environment") or {}
+        env = {k: env.get(k) for k in ENV_KEYS}
+        if env not in seen:
+            seen.append(env)
+    return seen
+
+
+def environment_section(df: pd.DataFrame) -> list[str]:
+    envs = environments(df)
+    if not any(any(e.values()) for e in envs):
+        return ["## Where it ran", "", "The runs did not record their machine and versions.", ""]
+    table = pd.DataFrame([{k: ("–" if v is None else v) for k, v in e.items()} for e in envs])
+    return [
+        "## Where it ran",
+        "",
+        "Machine, commit and library versions, as each run recorded them in its",
+        "`metrics.json` (one row per distinct set):",
+        "",
+        markdown_table(table),
+        "",
+    ]
+
+
+def summary(name: str, groups: list[dict[str, Any]], df: pd.DataFrame) -> dict[str, Any]:
+    return {
+        "name": name,
+        "command": f"bash experiments/reproduce.sh {name}",
+        "groups": groups,
+        "runs": len(df),
+        "environments": environments(df),
+    }
+
+
+def write_record(record_dir: Path, generated: Sequence[str], summary_data: dict[str, Any]) -> Path:
+    """Replace the generated part of ``record_dir/README.md`` (kept: the text above the marker)."""
+    readme = record_dir / "README.md"
+    head = readme.read_text().split(MARKER)[0].rstrip() if readme.is_file() else f"# {record_dir.name}"
+    atomic_write_bytes(readme, "\n".join([head, "", MARKER, "", *generated]).rstrip().encode() + b"\n")
+    atomic_write_json(record_dir / SUMMARY_FILE, summary_data)
+    return readme
+
+
+def machine(envs: Sequence[dict[str, Any]]) -> str:
+    """The machines the runs ran on, in words: ``2 × Intel(R) Xeon(R) Processor`` (and the GPU)."""
+    names = {
+        f"{e.get('cpu_count')} × {e.get('cpu')}" + (f", {e['gpu']}" if e.get("gpu") else "")
+        for e in envs
+        if e.get("cpu")
+    }
+    return "; ".join(sorted(names)) or "–"
+
+
+def summaries(experiments: Path) -> list[tuple[Path, dict[str, Any]]]:
+    return [(p.parent, json.loads(p.read_text())) for p in sorted(experiments.glob(f"*/{SUMMARY_FILE}"))]
+
+
+def headline_table(experiments: Path, link_prefix: str = "experiments/") -> str:
+    """The README's results: per record, its best group's mean test accuracy and 95 % CI over seeds."""
+    rows = []
+    for record, s in summaries(experiments):
+        if not s["groups"]:
+            continue
+        g = s["groups"][0]
+        more = f" (best of {len(s['groups'])} groups)" if len(s["groups"]) > 1 else ""
+        rows.append(
+            {
+                "record": f"[{s['name']}]({link_prefix}{record.name}/README.md)",
+                "test accuracy, mean of seeds": f"{g['mean']:.4f}{more}",
+                "95 % CI over seeds": _ci(*g["ci_seeds"]),
+                "seeds": len(g["seeds"]),
+                "reproduce": f"`{s['command']}`",
+            }
+        )
+    return markdown_table(pd.DataFrame(rows)) if rows else "No record has been generated yet."
+
+
+def update_readme(readme: Path, experiments: Path) -> bool:
+    """Replace the README's results block (between its markers) with :func:`headline_table`; False when the
+    README has no such block."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    block = "\n".join([README_BEGIN, "", headline_table(experiments), "", README_END])
+    atomic_write_bytes(readme, (head + block + tail).encode())
+    return True
+
+
+def write_index(experiments: Path) -> Path:
+    """``experiments/README.md``: one row per group of every record's summary.json (text above the marker
+    kept); the results block of the README beside ``experiments`` follows it."""
+    rows = []
+    for record, s in summaries(experiments):
+        for g in s["groups"]:
+            rows.append(
+                {
+                    "record": f"[{s['name']}]({record.name}/README.md)",
+                    "recipe": g["group"],
+                    "command": f"`{s['command']}`",
+                    "seeds": len(g["seeds"]),
+                    "test acc (mean)": f"{g['mean']:.4f}",
+                    "95 % CI over seeds": _ci(*g["ci_seeds"]),
+                    "time per run": _time(g),
+                    "inference pairs/s": _rate(g),
+                    "machine": machine(s.get("environments") or []),
+                }
+            )
+    readme = experiments / "README.md"
+    head = readme.read_text().split(INDEX_MARKER)[0].rstrip() if readme.is_file() else "# Experiments"
+    table = markdown_table(pd.DataFrame(rows)) if rows else "No record has been generated yet."
+    atomic_write_bytes(readme, "\n".join([head, "", INDEX_MARKER, "", table, ""]).encode())
+    if (experiments.parent / "README.md").is_file():
+        update_readme(experiments.parent / "README.md", experiments)
+    return readme
