@@ -294,7 +294,8 @@ class RocketEncoder(nn.Module):
 
     ``tau=0`` (default) is MiniRocket: hard PPV, fixed features, only the output norm and the head learn, and
     no gradient reaches the input. ``tau > 0`` makes the step a sigmoid of that width, so the masked norm's
-    learned scale and shift train too (1.5x the training time; no better on validation, see RESULTS.md).
+    learned scale and shift train too (1.5x the training time; no better on validation, as the record
+    experiments/audio_only/README.md says).
 
     ``out_dim`` = 84 * len(dilations) * n_thresholds (default 84 * 7 * 4 = 2352).
     """
