@@ -20,9 +20,9 @@ from mmdigits.models.loading import check_resume_checkpoint, read_checkpoint
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.io import atomic_save_npy
 from mmdigits.utils.run import (
+    PREDICTIONS_FILE,
     budget,
     check_validation,
-    PREDICTIONS_FILE,
     drop_nonzero_rank_log_files,
     environment,
     hparams_for_logging,

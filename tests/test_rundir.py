@@ -233,3 +233,119 @@ def test_claimed_locks_claims_announces_and_yields_the_decision(tmp_path, monkey
         assert decision == "decided run"
         assert (tmp_path / "run" / ".lock").read_text() == f"pid {os.getpid()}\n"
         assert not (tmp_path / "run" / ".hydra").exists()  # composed outside a Hydra app
+
+
+def test_the_config_hash_is_of_the_resolved_config_in_any_key_order(tmp_path):
+    """An interpolated setting counts with its value (here from paths, itself left out of the hash); the
+    order of keys does not count, and values json cannot write (a Path) are hashed as text."""
+    a = cfg(tmp_path, model={"lr": "${paths.lr}"}, paths={"output_dir": str(tmp_path), "lr": 0.1})
+    b = cfg(tmp_path, model={"lr": "${paths.lr}"}, paths={"output_dir": str(tmp_path), "lr": 0.2})
+    assert rundir.config_hash(a) != rundir.config_hash(b)
+    assert rundir.config_hash(a) == rundir.config_hash(cfg(tmp_path, model={"lr": 0.1}))
+    swapped = OmegaConf.create({"model": {"lr": 0.1}, "data": {"dir": "x", "task": "match"}})
+    assert rundir.config_hash(swapped) == rundir.config_hash(
+        OmegaConf.create({"data": {"task": "match", "dir": "x"}, "model": {"lr": 0.1}})
+    )
+    as_path = OmegaConf.create({"data": {"dir": Path("x")}})
+    assert rundir.config_hash(as_path) == rundir.config_hash(OmegaConf.create({"data": {"dir": "x"}}))
+
+
+def test_run_json_records_the_resolved_data_settings(tmp_path):
+    c = cfg(tmp_path, data={"task": "match", "dir": "${paths.output_dir}/data"})
+    rundir.claim_run_dir(c, tmp_path)
+    assert rundir.read_run_file(tmp_path)["data"] == {"task": "match", "dir": f"{tmp_path}/data"}
+
+
+def test_refusals_say_what_to_do(tmp_path):
+    c = cfg(tmp_path)
+    finished(tmp_path, rundir.config_hash(c))
+    with pytest.raises(RunDirRefused) as refused:
+        rundir.claim_run_dir(c, tmp_path)
+    assert str(refused.value) == (
+        f"{tmp_path}: holds a run already (checkpoints, metrics.json); resume it with ckpt_path=last, start "
+        "a new run (leave hydra.run.dir/hydra.sweep.dir out), or pass overwrite=true to start over here"
+    )
+    with pytest.raises(RunDirRefused) as refused:
+        rundir.claim_output_dir(c, tmp_path)
+    assert str(refused.value) == (
+        f"{tmp_path}: holds a run already (checkpoints, metrics.json, run.json); leave hydra.run.dir out for "
+        "a new directory, or pass overwrite=true to write here anyway"
+    )
+    with RunDirLock(tmp_path), pytest.raises(RunDirRefused) as refused:
+        RunDirLock(tmp_path).__enter__()
+    assert str(refused.value) == (
+        f"{tmp_path}: another run is writing to this run directory (another process); wait for it, or start "
+        "this run in its own directory (leave hydra.run.dir out)"
+    )
+
+
+def test_a_config_without_overwrite_does_not_overwrite(tmp_path):
+    bare = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}, "model": {"lr": 0.1}})
+    finished(tmp_path, rundir.config_hash(bare))
+    with pytest.raises(RunDirRefused, match="holds a run already"):
+        rundir.claim_run_dir(bare, tmp_path)
+    with pytest.raises(RunDirRefused, match="holds a run already"):
+        rundir.claim_output_dir(bare, tmp_path)
+
+
+def test_sweep_jobs_and_overwrites_are_logged(tmp_path, multirun, caplog):
+    c = cfg(tmp_path)
+    done, partial = tmp_path / "0", tmp_path / "1"
+    finished(done, rundir.config_hash(c))
+    finished(partial, rundir.config_hash(c), metrics=False, last=True)
+    with caplog.at_level("INFO", logger="mmdigits.train"):
+        rundir.claim_run_dir(c, done)
+        rundir.claim_run_dir(c, partial)
+        rundir.claim_run_dir(cfg(tmp_path, overwrite=True, model={"lr": 0.3}), done)
+    assert caplog.messages == [
+        "sweep job 0: done, skipping",
+        "sweep job 1: partial, resuming",
+        f"overwrite=true: removing the earlier run's outputs in {done}",
+    ]
+
+
+def test_a_lock_that_cannot_be_taken_names_the_error(tmp_path, monkeypatch):
+    def unknown(fh, op):
+        raise OSError(9999, "an error no table knows")
+
+    monkeypatch.setattr(rundir.fcntl, "flock", unknown)
+    with pytest.raises(RunDirRefused) as refused:
+        RunDirLock(tmp_path / "r").__enter__()
+    assert str(refused.value) == (
+        f"{tmp_path / 'r'}: cannot lock this run directory: {os.strerror(9999)} (9999); a filesystem "
+        "without file locks (some network filesystems)? Start the run on a local disk (paths.log_dir)"
+    )
+
+    def bare(fh, op):
+        raise OSError("no error number")
+
+    monkeypatch.setattr(rundir.fcntl, "flock", bare)
+    with pytest.raises(RunDirRefused, match="cannot lock this run directory") as refused:
+        RunDirLock(tmp_path / "r").__enter__()
+    assert "EPERM" not in str(refused.value) and os.strerror(errno.EPERM) not in str(refused.value)
+
+
+def test_the_lock_makes_missing_parents_and_survives_a_lock_file_already_gone(tmp_path):
+    deep = tmp_path / "a" / "b" / "c"
+    with RunDirLock(deep):
+        assert (deep / ".lock").exists()
+    with pytest.raises(RunDirRefused, match="refused"), RunDirLock(tmp_path / "gone"):
+        (tmp_path / "gone" / ".lock").unlink()
+        raise RunDirRefused("refused")
+
+
+def test_hydra_files_are_written_as_hydra_would(tmp_path, monkeypatch):
+    hydra = {"overrides": {"task": ["model.lr=0.2"]}, "job": {"name": "train"}}
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", OmegaConf.create({"hydra": hydra}))
+    c = cfg(tmp_path, hydra=hydra)
+    rundir.write_hydra_files(c, tmp_path)
+    assert sorted(p.name for p in (tmp_path / ".hydra").iterdir()) == [
+        "config.yaml",
+        "hydra.yaml",
+        "overrides.yaml",
+    ]
+    read = {p.stem: OmegaConf.load(p) for p in (tmp_path / ".hydra").iterdir()}
+    assert read["config"] == OmegaConf.masked_copy(c, ["paths", "data", "model", "ckpt_path", "overwrite"])
+    assert "hydra" not in read["config"]
+    assert read["hydra"] == OmegaConf.create({"hydra": hydra})
+    assert list(read["overrides"]) == ["model.lr=0.2"]

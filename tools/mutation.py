@@ -54,7 +54,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "mmdigits/tasks.py": ("tests/test_tasks.py", "tests/test_module.py", "tests/test_data_datamodule.py"),
     "mmdigits/utils/io.py": ("tests/test_data_io.py", "tests/test_reliability.py"),
     "mmdigits/data/samplers.py": ("tests/test_samplers.py", "tests/test_data_datamodule.py"),
-    "mmdigits/models/augment.py": ("tests/test_augment.py",),
+    "mmdigits/models/augment.py": ("tests/test_augment.py", "tests/test_augment_draws.py"),
     "mmdigits/models/fusion.py": ("tests/test_fusion_parts.py", "tests/test_fusion.py"),
     "mmdigits/models/layers.py": ("tests/test_encoders.py", "tests/test_augment.py"),
     "mmdigits/data/npy.py": ("tests/test_npy.py", *SECURITY, "tests/test_data_io.py"),

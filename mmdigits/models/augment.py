@@ -41,12 +41,12 @@ def mix(x: Tensor, partners: Tensor, lam: float) -> Tensor:
 
 
 def time_mask(audio: Tensor, lengths: Tensor, width: int) -> Tensor:
-    """SpecAugment-style: zero one block of up to ``width`` frames inside each utterance (at least one frame
-    of every utterance is kept)."""
+    """SpecAugment-style: zero one block of up to ``width`` frames inside each utterance, starting anywhere it
+    fits (its last frame can be masked too; at least one frame of every utterance is kept)."""
     t = torch.arange(audio.shape[1], device=audio.device)
     w = torch.randint(0, width + 1, (audio.shape[0], 1), device=audio.device)
     w = torch.minimum(w, (lengths.unsqueeze(1) - 1).clamp(min=0))
-    start = (torch.rand(audio.shape[0], 1, device=audio.device) * (lengths.unsqueeze(1) - w)).long()
+    start = (torch.rand(audio.shape[0], 1, device=audio.device) * (lengths.unsqueeze(1) - w + 1)).long()
     keep = ~((t >= start) & (t < start + w))
     return audio * keep.unsqueeze(-1)
 
