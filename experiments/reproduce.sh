@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ALL=(audio_only image_only_mnist_refit default match_accurate match_labels_only fusion_study
-     fusion_study_match_labels_only image_only image_only_mnist digit)
+     fusion_study_match_labels_only image_only image_only_mnist digit fusion_search)
 
 train() {  # train NAME [overrides...]: seeds 0, 1 and 2 of one recipe
   local name=$1
@@ -18,10 +18,13 @@ train() {  # train NAME [overrides...]: seeds 0, 1 and 2 of one recipe
 }
 
 for name in "${@:-${ALL[@]}}"; do
+  metric=test/acc
   case $name in
     default) train default ;;
     fusion_study | fusion_study_match_labels_only) python -m mmdigits.train experiment="$name" ;;
+    fusion_search) python -m mmdigits.train experiment="$name" && metric=val/acc_best ;;  # never tested
     *) train "$name" experiment="$name" ;;
   esac
-  python -m mmdigits.report "logs/train/multiruns/$name" --record "experiments/$name"
+  python -m mmdigits.report "logs/train/multiruns/$name" --metric "$metric" --record "experiments/$name"
 done
+python -m mmdigits.report --index experiments

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from mmdigits.data import folds
 from mmdigits.data.corpora import AudioCorpus
 from mmdigits.data.download import sha256_file
 from mmdigits.data.media import MfccSettings
@@ -43,6 +44,10 @@ DEFAULTS: dict[str, Any] = {
     "match_rate": 0.1,
     "seed": 0,
     "fsdd_test_speakers": ["yweweler"],
+    "split": "corpus",  # or speaker_folds (mmdigits.data.folds)
+    "folds": 4,
+    "fold": 0,
+    "image_split": "mnist",  # or seeded
 }
 
 
@@ -59,11 +64,13 @@ def build_settings(**overrides: Any) -> dict[str, Any]:
     s["match_rate"] = float(s["match_rate"])
     if not 0.0 <= s["match_rate"] <= 1.0:
         raise DataError(f"match_rate={s['match_rate']}; expected a value in [0, 1]")
-    if s["audio"] == "fsdd":
+    folds.normalise(s)
+    if s["audio"] == "fsdd" and s.get("split") != "speaker_folds":
         s["fsdd_test_speakers"] = sorted(str(x) for x in s["fsdd_test_speakers"])
-        s["mfcc"] = MfccSettings().as_dict()
     else:
         s.pop("fsdd_test_speakers")
+    if s["audio"] == "fsdd":
+        s["mfcc"] = MfccSettings().as_dict()
     return s
 
 
@@ -92,8 +99,13 @@ def make_pairs(
 
 def _audio_splits(raw: RawCorpora, s: Mapping[str, Any]) -> dict[str, AudioCorpus]:
     if s["audio"] == "arabic":
-        return {"train": raw.arabic("train"), "test": raw.arabic("test")}
+        own = {"train": raw.arabic("train"), "test": raw.arabic("test")}
+        if s.get("split") == "speaker_folds":
+            return folds.fold_corpora(folds.concat(own["train"], own["test"]), s, arabic=True)
+        return own
     corpus = raw.fsdd(MfccSettings())
+    if s.get("split") == "speaker_folds":
+        return folds.fold_corpora(corpus, s, arabic=False)
     unknown = set(s["fsdd_test_speakers"]) - set(corpus.speaker_names)
     if unknown:
         raise DataError(
@@ -110,9 +122,10 @@ def build_arrays(raw: RawCorpora, settings: Mapping[str, Any]) -> dict[str, np.n
     """All arrays of a built dataset, keyed by file name (deterministic for a given seed)."""
     rng = np.random.default_rng(settings["seed"])
     audio = _audio_splits(raw, settings)
+    mnist = folds.image_splits(raw, settings)
     out: dict[str, np.ndarray] = {}
     for split in ("train", "test"):
-        images, img_digits = raw.mnist(split)
+        images, img_digits = mnist[split]
         corpus = audio[split]
         n = settings[f"n_{split}"]
         img_idx, aud_idx, match = make_pairs(rng, img_digits, corpus.digits, n, settings["match_rate"])
@@ -260,6 +273,10 @@ def build_dataset(
             "raw_sha256": raw.used_files if verify else {},
             "counts": {sp: int(len(arrays[f"match_{sp}.npy"])) for sp in ("train", "test")},
             "positives": {sp: int(arrays[f"match_{sp}.npy"].sum()) for sp in ("train", "test")},
+            # which speakers each part holds (for split=speaker_folds: the fold's assignment)
+            "speakers": {
+                sp: np.unique(arrays[f"speaker_spoken_{sp}.npy"]).tolist() for sp in ("train", "test")
+            },
         }
         (out / MANIFEST).unlink(missing_ok=True)
         (out / BUILDING_MARKER).touch()

@@ -59,6 +59,10 @@ class MMDigitsDataModule(L.LightningDataModule):
         raw_dir: str | None = None,
         audio: str | None = None,
         build: dict[str, Any] | None = None,
+        split: str = "corpus",
+        folds: int = 4,
+        fold: int = 0,
+        image_split: str = "mnist",
         task: str = "match",
         use_digit_labels: bool = True,
         batch_size: int = 256,
@@ -84,6 +88,10 @@ class MMDigitsDataModule(L.LightningDataModule):
             raise DataError(f"task={task!r} needs digit labels but use_digit_labels=false")
         self.dir, self.raw_dir, self.audio = Path(dir), raw_dir, audio
         self.build = dict(build or {})
+        if split != "corpus":  # a fold of speaker-grouped cross-validation is a build setting of its own
+            self.build.update(split=split, folds=folds, fold=fold)
+        if image_split != "mnist":
+            self.build.update(image_split=image_split)
         self.use_digit_labels = use_digit_labels
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.sampler, self.pad_to = val_fraction, sampler, pad_to
@@ -148,7 +156,7 @@ class MMDigitsDataModule(L.LightningDataModule):
         train = self.data.train
         if not len(train):
             raise DataError(f"{self.dir / 'written_train.npy'}: the train split has no rows")
-        parts = split_train_val(train, self.val_fraction, self.seed)
+        self.parts = parts = split_train_val(train, self.val_fraction, self.seed)
         log.info(
             "validation: %d rows by %s (%d train rows left out: their image is in validation); shared with "
             "training: %s",
