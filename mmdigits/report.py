@@ -20,6 +20,7 @@ from pathlib import Path
 from mmdigits.analysis import records
 from mmdigits.analysis.plots import plot_curves, write_confusion
 from mmdigits.analysis.runs import COLUMNS, markdown_table, runs_frame, seed_groups, sort_runs
+from mmdigits.analysis.speakers import speaker_section
 from mmdigits.utils.io import atomic_write_bytes
 
 # ----------------------------------------------------------------------------- report
@@ -61,6 +62,7 @@ def write_report(
         "",
         *(records.statistics_section(stats) if stats else []),
         *records.significance_section(stats, predictions),
+        *(speaker_section(df, stats) if stats else []),
         "## Mean ± std over seeds",
         "",
         "Groups are the runs that differ only by their seed, named by the choices that set them apart;",

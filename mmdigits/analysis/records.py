@@ -66,42 +66,57 @@ def _p(p: float) -> str:
     return "–" if math.isnan(p) else f"{p:.2g}" if p >= 1e-4 else "< 1e-4"
 
 
-def group_predictions(df: pd.DataFrame) -> dict[str, dict[int, np.ndarray]]:
-    """``group -> seed -> correctness per test pair`` for the runs that saved predictions."""
-    rows = {}
+Key = tuple[int | None, int]  # (fold, seed): fold None for the corpus's own split
+
+
+def run_key(row: pd.Series) -> Key:
+    fold = row.get("fold")
+    fold = None if fold is None or (isinstance(fold, float) and math.isnan(fold)) else int(fold)
+    return fold, int(row["seed"]) if row["seed"] is not None else 0
+
+
+def key_name(key: Key) -> str:
+    return f"seed {key[1]}" if key[0] is None else f"fold {key[0]} seed {key[1]}"
+
+
+def group_predictions(df: pd.DataFrame) -> dict[str, dict[Key, np.ndarray]]:
+    """``group -> (fold, seed) -> correctness per test pair`` for the runs that saved predictions; runs of one
+    fold must have been tested on the same pairs."""
+    rows: dict[tuple[str, Key], np.ndarray] = {}
     for _, r in df.iterrows():
         pred = stats.read_predictions(r["dir"])
         if pred is not None:
-            rows[(r["group"], int(r["seed"]) if r["seed"] is not None else 0)] = pred
-    if not rows:
-        return {}
-    keys = list(rows)
-    correct = stats.correctness([rows[k] for k in keys])
-    out: dict[str, dict[int, np.ndarray]] = {}
-    for (group, seed), c in zip(keys, correct):
-        out.setdefault(group, {})[seed] = c
+            rows[(r["group"], run_key(r))] = pred
+    out: dict[str, dict[Key, np.ndarray]] = {}
+    for fold in {key[0] for _, key in rows}:
+        keys = [k for k in rows if k[1][0] == fold]
+        for (group, key), c in zip(keys, stats.correctness([rows[k] for k in keys])):
+            out.setdefault(group, {})[key] = c
     return out
 
 
-def group_statistics(df: pd.DataFrame, predictions: dict[str, dict[int, np.ndarray]]) -> list[dict[str, Any]]:
-    """Per group, best mean test accuracy first: seeds, mean, t interval over seeds, bootstrap interval over
-    test pairs, time per run and inference rate."""
+def group_statistics(df: pd.DataFrame, predictions: dict[str, dict[Key, np.ndarray]]) -> list[dict[str, Any]]:
+    """Per group, best mean test accuracy first: its runs (seeds, or folds), mean, t interval over the runs,
+    bootstrap interval over test pairs, time per run and inference rate."""
     out = []
     for group, sub in df.groupby("group", sort=False):
-        acc = [_num(v) for v in sub["test/acc"]]
-        acc = [a for a in acc if not math.isnan(a)]
-        if not acc:
+        sub = sub[pd.to_numeric(sub["test/acc"], errors="coerce").notna()]
+        if not len(sub):
             continue
+        acc = [float(a) for a in sub["test/acc"]]
         mean, lo, hi = stats.seed_interval(acc)
         pairs = predictions.get(group)
-        plo, phi = stats.pair_interval(np.stack(list(pairs.values()))) if pairs else (math.nan, math.nan)
+        plo, phi = stats.pair_interval(stats.pool(pairs)) if pairs else (math.nan, math.nan)
         wall = pd.to_numeric(sub["wall_time_s"], errors="coerce").dropna()
         rate = pd.to_numeric(sub.get("test/pairs_per_s", pd.Series(dtype=float)), errors="coerce").dropna()
+        keys = [run_key(r) for _, r in sub.iterrows()]
         out.append(
             {
                 "group": group,
                 "n": len(acc),
-                "seeds": sorted(int(s) for s in sub["seed"] if s is not None),
+                "seeds": sorted({k[1] for k in keys}),
+                "folds": sorted({k[0] for k in keys if k[0] is not None}),
+                "runs": {key_name(k): a for k, a in sorted(zip(keys, acc), key=lambda x: str(x[0]))},
                 "mean": mean,
                 "ci_seeds": [lo, hi],
                 "ci_pairs": [plo, phi],
@@ -114,31 +129,39 @@ def group_statistics(df: pd.DataFrame, predictions: dict[str, dict[int, np.ndarr
 
 
 def statistics_section(groups: list[dict[str, Any]]) -> list[str]:
+    folds = any(g["folds"] for g in groups)
     rows = [
         {
             "group": g["group"],
-            "seeds": len(g["seeds"]),
+            "runs": g["n"],
             "mean test acc": f"{g['mean']:.4f}",
-            "95 % CI over seeds (t)": _ci(*g["ci_seeds"]),
+            "95 % CI over runs (t)": _ci(*g["ci_seeds"]),
             "95 % CI over test pairs (bootstrap)": _ci(*g["ci_pairs"]),
             "time per run": _time(g),
             "inference pairs/s (median)": _rate(g),
         }
         for g in groups
     ]
+    per_run = [{"group": g["group"], **{k: f"{v:.4f}" for k, v in g["runs"].items()}} for g in groups]
     return [
         "## Test accuracy with 95 % confidence intervals",
         "",
-        "Over seeds: a t interval of the seeds' accuracies. Over test pairs: a percentile bootstrap (2,000",
-        "resamples of the test pairs) of the accuracy of the seeds' mean correctness per pair.",
+        f"Over runs ({'folds and seeds' if folds else 'seeds'}): a t interval of the runs' accuracies. Over",
+        "test pairs: a percentile bootstrap (2,000 resamples of the test pairs) of the accuracy of the mean",
+        "correctness per pair"
+        + (" (each fold's pairs once, the mean over its seeds)." if folds else " (the mean over seeds)."),
         "",
         markdown_table(pd.DataFrame(rows)),
+        "",
+        f"Every {'fold' if folds else 'seed'}:",
+        "",
+        markdown_table(pd.DataFrame(per_run).fillna("–")),
         "",
     ]
 
 
 def significance_section(
-    groups: list[dict[str, Any]], predictions: dict[str, dict[int, np.ndarray]]
+    groups: list[dict[str, Any]], predictions: dict[str, dict[Key, np.ndarray]]
 ) -> list[str]:
     have = [g["group"] for g in groups if g["group"] in predictions]
     if len(have) < 2:
@@ -148,13 +171,13 @@ def significance_section(
     rows = [
         {
             "group": c.group,
-            "seeds": ",".join(map(str, c.seeds)),
+            "runs": len(c.runs),
             "difference": f"{c.difference:+.4f}",
-            "McNemar p per seed": " / ".join(_p(p) for p in c.per_seed_p),
-            "paired p (seeds combined)": _p(c.p),
+            "McNemar p per run": " / ".join(_p(p) for p in c.per_run_p),
+            "paired p (runs combined)": _p(c.p),
             "Holm-corrected p": _p(c.p_holm),
             "verdict": "worse than the best" if c.distinguishable else "indistinguishable from the best",
-            "seeds needed (80 % power)": "–"
+            "runs needed (80 % power)": "–"
             if c.distinguishable or c.seeds_needed is None
             else str(c.seeds_needed),
         }
@@ -164,11 +187,11 @@ def significance_section(
     return [
         "## Paired tests against the best group",
         "",
-        f"Best mean test accuracy: `{best}`. Each group is compared with it on the same test pairs, seed",
-        "with seed: McNemar's exact test per seed, and a paired permutation test (9,999 resamples) of the",
-        "difference in mean correctness per pair with the seeds combined, Holm-corrected over the",
-        f"comparisons below (α = {stats.ALPHA}). Where a difference is not significant, the last column",
-        "estimates how many seeds a paired t test over seeds would need to find the observed per-seed",
+        f"Best mean test accuracy: `{best}`. Each group is compared with it on the same test pairs, run",
+        "with run (same seed, same fold): McNemar's exact test per run, and a paired permutation test (9,999",
+        "resamples) of the difference in mean correctness per pair with the runs combined, Holm-corrected",
+        f"over the comparisons below (α = {stats.ALPHA}). Where a difference is not significant, the last",
+        "column estimates how many runs a paired t test over runs would need to find the observed per-run",
         "difference at 80 % power.",
         "",
         markdown_table(pd.DataFrame(rows)),
@@ -250,9 +273,9 @@ def headline_table(experiments: Path, link_prefix: str = "experiments/") -> str:
         rows.append(
             {
                 "record": f"[{s['name']}]({link_prefix}{record.name}/README.md)",
-                "test accuracy, mean of seeds": f"{g['mean']:.4f}{more}",
-                "95 % CI over seeds": _ci(*g["ci_seeds"]),
-                "seeds": len(g["seeds"]),
+                "test accuracy, mean of runs": f"{g['mean']:.4f}{more}",
+                "95 % CI over runs": _ci(*g["ci_seeds"]),
+                "runs": g["n"],
                 "reproduce": f"`{s['command']}`",
             }
         )
@@ -283,9 +306,9 @@ def write_index(experiments: Path) -> Path:
                     "record": f"[{s['name']}]({record.name}/README.md)",
                     "recipe": g["group"],
                     "command": f"`{s['command']}`",
-                    "seeds": len(g["seeds"]),
+                    "runs": g["n"],
                     "test acc (mean)": f"{g['mean']:.4f}",
-                    "95 % CI over seeds": _ci(*g["ci_seeds"]),
+                    "95 % CI over runs": _ci(*g["ci_seeds"]),
                     "time per run": _time(g),
                     "inference pairs/s": _rate(g),
                     "machine": machine(s.get("environments") or []),

@@ -22,14 +22,15 @@ from mmdigits.utils.plain import load_yaml_data
 
 log = logging.getLogger("mmdigits.report")
 
-COLUMNS = ["run", "model", "audio_encoder", "image_encoder", "fusion", "task", "seed", "params", "epochs",
-           "stopped_by", "wall_time_s", "val/acc_best", "test/acc", "test/f1", "test/auroc"]  # fmt: skip
+COLUMNS = ["run", "model", "audio_encoder", "image_encoder", "fusion", "task", "seed", "fold", "params",
+           "epochs", "stopped_by", "wall_time_s", "val/acc_best", "test/acc", "test/f1",
+           "test/auroc"]  # fmt: skip
 # per group: mean ± std over seeds
 SUMMARY_METRICS = ["test/acc", "test/f1", "test/auroc", "val/acc_best", "params", "train/pairs_per_s",
                    "test/pairs_per_s", "test/acc_image_missing", "test/acc_audio_missing"]  # fmt: skip
 # the order in which choices name a group; any other differing choice or override follows
 NAMING = ("fusion", "audio_encoder", "image_encoder", "task", "model", "experiment", "module", "data")
-NOT_NAMES = ("seed", "hydra", "paths", "data.dir", "data.raw_dir", "ckpt_path", "overwrite")
+NOT_NAMES = ("seed", "hydra", "paths", "data.dir", "data.raw_dir", "data.fold", "ckpt_path", "overwrite")
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -125,6 +126,7 @@ def load_run(run_dir: Path, root: Path | None = None) -> dict[str, Any]:
         "fusion": _name(cfg, choices, "fusion"),
         "task": cfg.get("data.task"),
         "seed": cfg.get("seed"),
+        "fold": cfg.get("data.fold") if cfg.get("data.split") == "speaker_folds" else None,
         "params": count_params(ckpt),
         "epochs": metrics.get("epochs"),
         "stopped_by": metrics.get("stopped_by"),
@@ -158,8 +160,9 @@ def sort_runs(df: pd.DataFrame, metric: str = "test/acc") -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- seeds
 def _signature(cfg: dict[str, Any]) -> str:
-    """Config without seeds and paths (what makes runs 'the same experiment')."""
-    kept = {k: v for k, v in cfg.items() if k.split(".")[-1] != "seed" and not k.startswith("paths.")}
+    """Config without seeds, paths and the fold (what makes runs 'the same experiment')."""
+    skip = ("paths.", "data.dir", "data.fold")
+    kept = {k: v for k, v in cfg.items() if k.split(".")[-1] != "seed" and not k.startswith(skip)}
     return json.dumps(kept, sort_keys=True, default=str)
 
 

@@ -42,6 +42,13 @@ def read_predictions(run_dir: str | Path) -> np.ndarray | None:
     return rows
 
 
+def pool(runs: dict[tuple[int | None, int], np.ndarray]) -> np.ndarray:
+    """One correctness value per test pair: the mean over a fold's seeds, the folds' pairs one after another
+    (runs are keyed by ``(fold, seed)``, fold None for the corpus split)."""
+    folds = sorted({k[0] for k in runs}, key=lambda f: -1 if f is None else f)
+    return np.concatenate([np.mean([runs[k] for k in runs if k[0] == f], axis=0) for f in folds])
+
+
 def correctness(runs: Sequence[np.ndarray]) -> np.ndarray:
     """(runs, pairs) bool: which test pairs each run decided right. The runs must cover the same pairs with
     the same targets (the same test split), else a ValueError says which differs."""
@@ -65,7 +72,8 @@ def seed_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tu
 def pair_interval(
     correct: np.ndarray, confidence: float = CONFIDENCE, n_resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap over test pairs of the accuracy of the seeds' mean correctness per pair."""
+    """Percentile bootstrap over test pairs of the accuracy of the mean correctness per pair (``correct``:
+    (seeds, pairs), or one value per pair from :func:`pool`)."""
     per_pair = np.atleast_2d(correct).mean(0)
     res = stats.bootstrap(
         (per_pair,),
@@ -127,14 +135,14 @@ def seeds_needed(differences: Sequence[float], alpha: float = ALPHA, power: floa
 
 @dataclass
 class Comparison:
-    """One group against the best group on the same test pairs, seeds matched."""
+    """One group against the best group on the same test pairs, runs matched by fold and seed."""
 
     group: str
     best: str
-    seeds: list[int]
-    difference: float  # mean accuracy of the group minus the best's, over the matched seeds
-    per_seed_p: list[float]  # McNemar, per matched seed
-    p: float  # paired permutation test, seeds combined
+    runs: list[tuple[int | None, int]]  # the matched (fold, seed) keys
+    difference: float  # mean accuracy of the group minus the best's, over the matched runs
+    per_run_p: list[float]  # McNemar, per matched run
+    p: float  # paired permutation test, runs combined
     p_holm: float = math.nan
     seeds_needed: int | None = None
 
@@ -143,29 +151,25 @@ class Comparison:
         return self.p_holm < ALPHA
 
 
-def compare_with_best(groups: dict[str, dict[int, np.ndarray]], best: str) -> list[Comparison]:
-    """Every group against ``best`` (``group -> seed -> correctness``), on the seeds both have; Holm's
-    correction over the family of comparisons."""
+def compare_with_best(
+    groups: dict[str, dict[tuple[int | None, int], np.ndarray]], best: str
+) -> list[Comparison]:
+    """Every group against ``best`` (``group -> (fold, seed) -> correctness``), on the runs both have; Holm's
+    correction over the family of comparisons. Folds have their own test pairs: runs are paired within a
+    fold, and the combined test pools the folds' pairs (:func:`pool`)."""
     out = []
     for name, runs in groups.items():
         if name == best:
             continue
-        seeds = sorted(set(runs) & set(groups[best]))
-        if not seeds:
+        keys = sorted(set(runs) & set(groups[best]), key=lambda k: (-1 if k[0] is None else k[0], k[1]))
+        if not keys:
             continue
-        a = np.stack([runs[s] for s in seeds])
-        b = np.stack([groups[best][s] for s in seeds])
-        diffs = a.mean(1) - b.mean(1)
+        a, b = {k: runs[k] for k in keys}, {k: groups[best][k] for k in keys}
+        diffs = np.array([a[k].mean() - b[k].mean() for k in keys])
+        per_run = [mcnemar_p(a[k], b[k]) for k in keys]
+        p = paired_permutation_p(pool(a), pool(b))
         out.append(
-            Comparison(
-                name,
-                best,
-                seeds,
-                float(diffs.mean()),
-                [mcnemar_p(x, y) for x, y in zip(a, b)],
-                paired_permutation_p(a, b),
-                seeds_needed=seeds_needed(diffs),
-            )
+            Comparison(name, best, keys, float(diffs.mean()), per_run, p, seeds_needed=seeds_needed(diffs))
         )
     for c, p in zip(out, holm([c.p for c in out])):
         c.p_holm = p
