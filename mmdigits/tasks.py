@@ -101,6 +101,12 @@ class Task:
             return (logits_or_proba > (0.5 if is_proba else 0.0)).long()
         return logits_or_proba.argmax(-1)
 
+    def prediction_rows(self, index: Tensor, target: Tensor, proba: Tensor) -> Tensor:
+        """(B, 4) float64: index, target, decision, and P(match) or the decided digit's probability."""
+        decision = self.labels(proba, is_proba=True)
+        p = proba if self.binary else proba.gather(-1, decision[:, None]).squeeze(-1)
+        return torch.stack([index.double(), target.double(), decision.double(), p.double()], dim=1)
+
     def submission(self, proba: Tensor) -> np.ndarray:
         """The challenge's result array: one bool per pair (match) or one digit per pair."""
         decided = self.labels(proba, is_proba=True).numpy()

@@ -15,6 +15,10 @@ scored on. Ours trains as the experiment does (its own seeds). Printed side by s
 single run of seed s), as a user would: ``python -m mmdigits.evaluate ckpt_path=[...]``. Its time is the
 members' runs plus that command; its rate, the members' rates combined (they run one after another).
 
+``--folds K`` runs both on each fold of speaker-grouped cross-validation (``data=speaker_folds``): the peer
+and our seeds on the same folds, with the paired per-fold differences (McNemar's test per fold and seed, a
+paired permutation test over every fold's utterances).
+
 Hydra overrides (``key=value`` words, anywhere in the command) change our runs, and the split the peer reads
 where they touch the data: ``python -m mmdigits.bench.peers audio_encoder=rocket`` puts MiniRocket as our
 encoder next to aeon's. What the options set (experiment, seed, data.dir, hydra.run.dir) is refused as one.
@@ -65,7 +69,7 @@ def _fit_and_score(clf: Any, dm: Any, features: Any) -> dict[str, Any]:
     pred = clf.predict(x_test)
     rate = len(x_test) / (time.perf_counter() - start)
     return {"acc": float((pred == y_test).mean()), "errors": int((pred != y_test).sum()), "n": len(y_test),
-            "fit_s": fit_s, "per_s": rate}  # fmt: skip
+            "fit_s": fit_s, "per_s": rate, "correct": pred == y_test}  # fmt: skip
 
 
 def minirocket(dm: Any) -> dict[str, Any]:
@@ -118,6 +122,7 @@ OWN_KEYS = {  # what each of our runs gets from the command's options, not from 
     "seed": "--seeds",
     "data.dir": "--data-dir",
     "hydra.run.dir": "--out",
+    "data.fold": "--folds",
 }
 
 
@@ -153,6 +158,7 @@ def ours(
         "wall_s": wall,
         "per_s": m.get("test/pairs_per_s"),
         "ckpt": m["best_model_path"],
+        "dir": run,
     }
 
 
@@ -175,6 +181,70 @@ def _rate(r: dict[str, Any]) -> str:
     return f"{r['per_s']:,.0f}" if r["per_s"] else ""
 
 
+# ----------------------------------------------------------------------------- --folds K
+def _fold_data(args: argparse.Namespace, fold: int) -> tuple[list[str], Any]:
+    over = [*args.overrides, "data=speaker_folds", f"data.folds={args.folds}", f"data.fold={fold}"]
+    return over, compose([f"experiment={args.experiment}", *over])
+
+
+def compare_on_folds(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Both on each speaker fold (``data=speaker_folds data.folds=K data.fold=i``); every fold, the mean over
+    folds with its t interval, and the paired differences: McNemar's test per fold and seed, and a paired
+    permutation test with the folds' utterances pooled (our seeds averaged per utterance)."""
+    from hydra.utils import instantiate
+
+    from mmdigits.analysis import stats
+
+    rows, peer_acc, our_acc = [], [], []
+    peer_pool: dict[tuple[int | None, int], np.ndarray] = {}
+    our_pool: dict[tuple[int | None, int], np.ndarray] = {}
+    peer = None
+    for fold in range(args.folds):
+        over, cfg = _fold_data(args, fold)
+        peer = peer_for(get_task(cfg.data.task))
+        if peer is None:
+            parser.error(f"experiment={args.experiment}: --folds compares the unimodal recipes with a peer")
+        dm = instantiate(cfg.data, _convert_="all")
+        dm.prepare_data()
+        dm.setup("fit")
+        dm.setup("test")
+        result = peer.fit_and_score(dm)
+        if "missing" in result:
+            parser.error(result["missing"])
+        peer_acc.append(result["acc"])
+        peer_pool[(fold, 0)] = result["correct"]
+        seeds = []
+        for seed in args.seeds:
+            r = ours(str(cfg.data.dir), args.experiment, seed, Path(args.out), over)
+            pred = stats.read_predictions(r["dir"])
+            correct = pred[:, 2] == pred[:, 1]
+            if len(correct) != len(result["correct"]):
+                raise RuntimeError(
+                    f"fold {fold}: our run scored {len(correct)} items, the peer {result['n']}"
+                )
+            our_pool[(fold, seed)] = correct
+            seeds.append(r["acc"])
+            p = stats.mcnemar_p(correct, result["correct"])
+            rows.append((f"fold {fold}, seed {seed}", f"{result['acc']:.4f}", f"{r['acc']:.4f}",
+                         f"{r['acc'] - result['acc']:+.4f}", f"{p:.2g}", str(result["n"])))  # fmt: skip
+        our_acc.append(float(np.mean(seeds)))
+    per_fold = stats.pool(our_pool), stats.pool(peer_pool)
+    p_all = stats.paired_permutation_p(per_fold[0][None], per_fold[1][None])
+    (pm, plo, phi), (om, olo, ohi) = stats.seed_interval(peer_acc), stats.seed_interval(our_acc)
+    peer_ci, our_ci = f"{pm:.4f} [{plo:.4f}, {phi:.4f}]", f"{om:.4f} [{olo:.4f}, {ohi:.4f}]"
+    rows.append(
+        (f"mean of {args.folds} folds [95 % CI]", peer_ci, our_ci, f"{om - pm:+.4f}", f"{p_all:.2g}", "")
+    )
+    rows.append(("worst fold", f"{min(peer_acc):.4f}", f"{min(our_acc):.4f}", "", "", ""))
+    assert peer is not None
+    print(f"\nspeaker-grouped {args.folds}-fold cross-validation, experiment={args.experiment}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
+    print(f"| fold | {peer.name} | ours | ours - peer | paired p | {peer.items} |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -184,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--members", type=int, default=1, help="also score ensembles of N runs per seed")
     parser.add_argument("--out", default="logs/bench/peers", help="where our runs go")
+    parser.add_argument(
+        "--folds", type=int, default=0, help="speaker-grouped cross-validation: both on each of K folds"
+    )
     parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides for our runs, e.g. audio_encoder=rocket (anywhere)"
     )
@@ -197,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         if key in OWN_KEYS:
             parser.error(f"{a}: the command sets {key} itself; use {OWN_KEYS[key]}")
     warnings.filterwarnings("ignore")
+    if args.folds:
+        return compare_on_folds(args, parser)
     from hydra.utils import instantiate
 
     data = [f"data.dir={args.data_dir}"] if args.data_dir else []

@@ -116,6 +116,7 @@ class MultimodalModule(LightningModule):
         # further offset that maximises validation accuracy (threshold_from_val); 0 = decide at p = 0.5
         self.register_buffer("val_logit_shift", torch.tensor(0.0))
         self._build_metrics()
+        self.test_predictions: Tensor | None = None  # (pairs, 4) of the last test, in index order
 
     def encoder(self, modality: str) -> nn.Module:
         return {"image": self.image_encoder, "audio": self.audio_encoder}[modality]
@@ -130,14 +131,8 @@ class MultimodalModule(LightningModule):
         self.val_acc_best.persistent(True)  # survives a resume from checkpoint
         self.val_logits, self.val_targets = CatMetric(), CatMetric()  # for threshold_from_val
         self.test_rows = CatMetric()  # per test pair: index, target, decision, probability (gathered on DDP)
-        self.test_predictions: Tensor | None = None
-        self.aux_acc = nn.ModuleDict(
-            {
-                f"{stage}_{m}": MulticlassAccuracy(N_DIGITS, average="micro")
-                for stage in ("val", "test")
-                for m in MODALITIES
-            }
-        )
+        stages = [f"{stage}_{m}" for stage in ("val", "test") for m in MODALITIES]
+        self.aux_acc = nn.ModuleDict({k: MulticlassAccuracy(N_DIGITS, average="micro") for k in stages})
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -277,14 +272,8 @@ class MultimodalModule(LightningModule):
             self._update_aux_acc(heads, batch, stage)
         if stage == "test":
             self.test_confmat.update(preds, target.long())
-            self.test_rows.update(self._prediction_rows(batch["index"], target, preds))
+            self.test_rows.update(self.task.prediction_rows(batch["index"], target, preds))
         return loss
-
-    def _prediction_rows(self, index: Tensor, target: Tensor, proba: Tensor) -> Tensor:
-        """(B, 4): index, target, decision, and P(match) (match task) or the decided digit's probability."""
-        decision = self.task.labels(proba, is_proba=True)
-        p = proba if proba.ndim == 1 else proba.gather(-1, decision[:, None]).squeeze(-1)
-        return torch.stack([index.double(), target.double(), decision.double(), p.double()], dim=1)
 
     def _label_loss(self, out: FusionOutput, labels: dict[str, Tensor], smoothing: float) -> Tensor:
         """The task's loss, plus the heads' digit loss when digit labels supervise them."""
@@ -369,13 +358,10 @@ class MultimodalModule(LightningModule):
         self.log("test/loss", self.test_loss.compute(), sync_dist=True)
         self._log_aux("test")
         self._log_confusion_figure()
-        if self.test_rows.update_called:
-            rows = self.test_rows.compute().reshape(-1, 4).cpu()
-            self.test_predictions = rows[rows[:, 0].argsort()]
-        self.test_rows.reset()
-        self.test_metrics.reset()
-        self.test_loss.reset()
-        self.test_confmat.reset()
+        rows = self.test_rows.compute().reshape(-1, 4).cpu() if self.test_rows.update_called else None
+        self.test_predictions = None if rows is None else rows[rows[:, 0].argsort()]
+        for metric in (self.test_rows, self.test_metrics, self.test_loss, self.test_confmat):
+            metric.reset()
 
     def _log_aux(self, stage: str) -> None:
         for name in MODALITIES:

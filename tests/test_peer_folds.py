@@ -1,0 +1,51 @@
+"""python -m mmdigits.bench.peers --folds K: the peer and our recipe on the same speaker folds."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmdigits.data.build import build_dataset
+
+SMALL = {"n_train": 300, "n_test": 150, "match_rate": 0.3}
+
+
+def test_peer_and_ours_on_the_same_speaker_folds(tiny_raw_dir, tmp_path, capsys):
+    pytest.importorskip("aeon")
+    from mmdigits.bench.peers import main
+
+    for fold in (0, 1):  # the builds data=speaker_folds points at (built here without checksums)
+        out = tmp_path / "data" / "speaker_folds" / f"arabic_k2_fold{fold}"
+        opts = {"verify": False, "download": False, "split": "speaker_folds", "folds": 2, "fold": fold}
+        build_dataset(out, tiny_raw_dir, **opts, **SMALL)
+    args = [
+        "--folds",
+        "2",
+        "--seeds",
+        "0",
+        "--out",
+        str(tmp_path / "runs"),
+        "trainer.max_epochs=2",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "data.build={n_train: 300, n_test: 150, match_rate: 0.3}",
+    ]
+    assert main(args) == 0
+    rows = [
+        r.split(" | ") for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "---" not in r
+    ]
+    assert rows[0][1].startswith("aeon MiniRocket")
+    folds = [r for r in rows if r[0].startswith("| fold ") and "seed" in r[0]]
+    assert [r[0] for r in folds] == ["| fold 0, seed 0", "| fold 1, seed 0"]
+    for r in folds:
+        peer, ours, diff = float(r[1]), float(r[2]), float(r[3])
+        assert diff == pytest.approx(ours - peer, abs=1e-4) and 0 <= float(r[4]) <= 1
+    mean = next(r for r in rows if r[0].startswith("| mean of 2 folds"))
+    assert float(mean[2].split()[0]) == pytest.approx((float(folds[0][2]) + float(folds[1][2])) / 2, abs=1e-4)
+    assert len(list((tmp_path / "runs").glob("*fold-0*seed0/test_predictions.npy"))) == 1
+
+
+def test_the_fold_is_the_commands_to_set(capsys):
+    from mmdigits.bench.peers import main
+
+    with pytest.raises(SystemExit):
+        main(["--folds", "2", "data.fold=1"])
+    assert "use --folds" in capsys.readouterr().err
