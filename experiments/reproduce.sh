@@ -19,12 +19,18 @@ train() {  # train NAME [overrides...]: seeds 0, 1 and 2 of one recipe
 
 for name in "${@:-${ALL[@]}}"; do
   metric=test/acc
+  runs=("logs/train/multiruns/$name")
   case $name in
+    audio_only)  # the corpus split, then speaker-grouped 4-fold cross-validation next to MiniRocket
+      train audio_only experiment=audio_only
+      python -m mmdigits.bench.peers --folds 4 --seeds 0 --out logs/bench/audio_only_folds \
+        > experiments/audio_only/peers_folds.md
+      runs+=(logs/bench/audio_only_folds) ;;
     default) train default ;;
     fusion_study | fusion_study_match_labels_only) python -m mmdigits.train experiment="$name" ;;
     fusion_search) python -m mmdigits.train experiment="$name" && metric=val/acc_best ;;  # never tested
     *) train "$name" experiment="$name" ;;
   esac
-  python -m mmdigits.report "logs/train/multiruns/$name" --metric "$metric" --record "experiments/$name"
+  python -m mmdigits.report "${runs[@]}" --metric "$metric" --record "experiments/$name"
 done
 python -m mmdigits.report --index experiments
