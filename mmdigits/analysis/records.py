@@ -146,10 +146,14 @@ def statistics_section(groups: list[dict[str, Any]]) -> list[str]:
     return [
         "## Test accuracy with 95 % confidence intervals",
         "",
-        f"Over runs ({'folds and seeds' if folds else 'seeds'}): a t interval of the runs' accuracies. Over",
-        "test pairs: a percentile bootstrap (2,000 resamples of the test pairs) of the accuracy of the mean",
-        "correctness per pair"
-        + (" (each fold's pairs once, the mean over its seeds)." if folds else " (the mean over seeds)."),
+        " ".join(
+            [
+                f"Over runs ({'folds and seeds' if folds else 'seeds'}): a t interval of the runs'",
+                "accuracies. Over test pairs: a percentile bootstrap (2,000 resamples of the test pairs) of",
+                "the accuracy of the mean correctness per pair",
+                "(each fold's pairs once, the mean over its seeds)." if folds else "(the mean over seeds).",
+            ]
+        ),
         "",
         markdown_table(pd.DataFrame(rows)),
         "",

@@ -79,6 +79,6 @@ def speaker_section(df: pd.DataFrame, groups: list[dict[str, Any]]) -> list[str]
         out += [f"### `{g['group']}`", "", note, "", markdown_table(shown), ""]
     if not out:
         return []
-    ids = "For the Arabic corpus, " + __doc__.split("For the Arabic corpus, ")[1].strip()
+    ids = " ".join(("For the Arabic corpus, " + __doc__.split("For the Arabic corpus, ")[1]).split())
     head = f"Over each group's runs (every fold and seed); the speakers with the most errors, at most {TOP}."
     return ["## Errors by speaker", "", head, ids, "", *out]
