@@ -69,7 +69,7 @@ def test_runs_tested_on_other_pairs_are_not_compared():
 
 def test_compare_with_best_marks_the_worse_group_and_not_the_equal_one():
     rng = np.random.default_rng(2)
-    best = {s: rng.random(4000) > 0.003 for s in range(3)}
+    best = {(None, s): rng.random(4000) > 0.003 for s in range(3)}
     same = {s: v.copy() for s, v in best.items()}
     for v in same.values():  # other errors, as many: one pair right that best got wrong, and the reverse
         v[np.flatnonzero(v)[0]], v[np.flatnonzero(~v)[0]] = False, True
