@@ -28,8 +28,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test the checkpoint's model (or the ensemble of a list of checkpoints) on ``cfg.data``'s test split;
     writes ``metrics.json``."""
     L.seed_everything(cfg.get("seed", 0), workers=True)
-    if cfg.get("robustness", False):  # refused before any member is loaded
-        single_checkpoint_path(cfg.ckpt_path, "+robustness=true")
+    for option, shown in (("robustness", "+robustness=true"), ("calibrate", "calibrate=true")):
+        if cfg.get(option, False):  # refused before any member is loaded
+            single_checkpoint_path(cfg.ckpt_path, shown)
     paths, models, datamodule = load_members_and_data(cfg)
     model = models[0]
     trainer: L.Trainer = instantiate(cfg.trainer)
@@ -46,6 +47,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         from mmdigits.analysis.robustness import robustness_report
 
         metrics["robustness"] = robustness_report(model, datamodule, Path(cfg.paths.output_dir))
+    if cfg.get("calibrate", False):  # temperature scaling fitted on the model's validation part
+        from mmdigits.models.calibration import calibration_report
+
+        metrics["calibration"] = calibration_report(model, datamodule)
+        log.info("calibration: %s", metrics["calibration"])
     write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     log.info("test metrics: %s", {k: v for k, v in metrics.items() if k.startswith("test/")})
     return metrics

@@ -19,9 +19,11 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
+    BinaryCalibrationError,
     BinaryConfusionMatrix,
     BinaryF1Score,
     MulticlassAccuracy,
+    MulticlassCalibrationError,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
 )
@@ -121,11 +123,19 @@ class Task:
     # ------------------------------------------------------------------ metrics
     def metrics(self) -> MetricCollection:
         if self.binary:
-            return MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()})
-        return MetricCollection(
+            return MetricCollection(
+                {
+                    "acc": BinaryAccuracy(),
+                    "f1": BinaryF1Score(),
+                    "auroc": BinaryAUROC(),
+                    "ece": BinaryCalibrationError(),
+                }
+            )
+        return MetricCollection(  # ece: expected calibration error of the probabilities (15 bins, L1)
             {
                 "acc": MulticlassAccuracy(N_DIGITS, average="micro"),
                 "f1": MulticlassF1Score(N_DIGITS, average="macro"),
+                "ece": MulticlassCalibrationError(N_DIGITS),
             }
         )
 

@@ -10,13 +10,16 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mmdigits.analysis.robustness import missing_modality_accuracy
+from mmdigits.errors import MMDigitsError
 from mmdigits.models.loading import check_resume_checkpoint, read_checkpoint
+from mmdigits.models.pretrained import StartFromExperts
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.io import atomic_save_npy
 from mmdigits.utils.run import (
@@ -68,9 +71,17 @@ def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
     log.info("budget: %s", budget(cfg))
 
     datamodule = instantiate(cfg.data, _convert_="all")
-    model = instantiate(cfg.model)
+    try:
+        model = instantiate(cfg.model)
+    except InstantiationException as err:  # a setting the module refuses (model.pretrained): one line
+        if isinstance(err.__cause__, MMDigitsError):
+            raise err.__cause__ from None
+        raise
     checkpointing = cfg.trainer.get("enable_checkpointing", True)
     callbacks = instantiate_callbacks(cfg.get("callbacks"), checkpointing)
+    callbacks += (
+        [StartFromExperts()] if model.experts_pending else []
+    )  # model.pretrained: copied at fit start
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -117,6 +128,7 @@ def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
     metrics.update(
         {
             "run_name": cfg.get("run_name"),
+            "pretrained": model.hparams.get("pretrained"),  # the experts it started from
             "best_model_path": best,
             "epochs": trainer.current_epoch,
             "max_epochs": cfg.trainer.max_epochs,

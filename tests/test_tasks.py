@@ -96,13 +96,14 @@ def test_mean_logits_average_the_probabilities():
 
 def test_metrics_and_confusion_matrices():
     match, digit = get_task("match"), get_task("digit")
-    assert set(match.metrics().keys()) == {"acc", "f1", "auroc"}
-    assert set(digit.metrics().keys()) == {"acc", "f1"}
-    m = digit.metrics()
-    m.update(torch.tensor([1, 1, 2, 2]), torch.tensor([1, 1, 1, 2]))
+    assert set(match.metrics().keys()) == {"acc", "f1", "auroc", "ece"}
+    assert set(digit.metrics().keys()) == {"acc", "f1", "ece"}
+    m = digit.metrics()  # probabilities, as the module passes them (the calibration error needs them)
+    m.update(F.one_hot(torch.tensor([1, 1, 2, 2]), 10).float(), torch.tensor([1, 1, 1, 2]))
     out = m.compute()
     assert float(out["acc"]) == pytest.approx(0.75)  # micro: 3 of 4 right
     assert float(out["f1"]) == pytest.approx((0.8 + 2 / 3) / 2)  # macro over the digits present
+    assert float(out["ece"]) == pytest.approx(0.25)  # all sure, 3 of 4 right
     cm = match.confusion_matrix()
     cm.update(torch.tensor([0.9, 0.1]), torch.tensor([1, 1]))
     assert cm.compute().tolist() == [[0, 0], [1, 1]]

@@ -8,7 +8,6 @@ the decision shift of binary tasks outside training). ``forward(batch)`` is thei
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -24,6 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from mmdigits.data.datamodule import data_info, train_pos_rate
 from mmdigits.models import augment as aug
 from mmdigits.models.decision import best_logit_shift
+from mmdigits.models.experts import check_copied, expert_paths
 from mmdigits.models.fusion import FusionOutput
 from mmdigits.models.layers import lengths_to_mask
 from mmdigits.models.schedule import build_scheduler, check_resume_budget, spans_max_epochs
@@ -37,8 +37,7 @@ DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1
 
 
 def plain(cfg: Any) -> Any:
-    """Hydra hands us DictConfigs; checkpoints must hold plain containers (torch's weights-only unpickler
-    refuses anything else), so hyperparameters are stored as dicts and lists."""
+    """DictConfigs as plain containers: a checkpoint holds only what torch's weights-only unpickler reads."""
     if isinstance(cfg, (DictConfig, ListConfig)):
         return OmegaConf.to_container(cfg, resolve=True)
     return cfg
@@ -76,17 +75,19 @@ class MultimodalModule(LightningModule):
         channels_last: bool = True,
         threshold_from_val: bool = False,
         data_info: dict | None = None,
+        pretrained: dict | None = None,
     ) -> None:
         super().__init__()
         audio_encoder, image_encoder, fusion = plain(audio_encoder), plain(image_encoder), plain(fusion)
         optimizer, scheduler, data_info = plain(optimizer), plain(scheduler), plain(data_info)
-        image_affine = aug.check_affine(plain(image_affine))
+        image_affine, pretrained = aug.check_affine(plain(image_affine)), plain(pretrained)
         self.save_hyperparameters(logger=False)  # reads the (now plain) arguments
         self.task = get_task(task)
         given = {"image": image_encoder, "audio": audio_encoder}
         self.modalities = [m for m in MODALITIES if m in self.task.modalities and given[m] is not None]
         if not self.modalities:
             raise ValueError(f"task {task!r} needs an encoder for one of {self.task.modalities}; got none")
+        self.experts_pending = bool(expert_paths(pretrained, self.modalities))  # StartFromExperts
         if mixup_alpha < 0 or not 0 <= label_smoothing < 1:
             raise ValueError(
                 f"need model.mixup_alpha >= 0 and 0 <= model.label_smoothing < 1; got "
@@ -143,11 +144,15 @@ class MultimodalModule(LightningModule):
                 self.set_prior(dm.pos_rate, train_pos_rate(dm))
             self.hparams["data_info"] = data_info(dm)  # saved with the checkpoint's hparams
 
+    def on_fit_start(self) -> None:  # after StartFromExperts (pretrained.py) and any checkpoint's restore
+        check_copied(self)
+
     def set_normalization(self, stats: dict[str, Tensor]) -> None:
         for name in ("audio_mean", "audio_std", "image_mean", "image_std"):
             getattr(self, name).copy_(torch.as_tensor(stats[name], dtype=torch.float32))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        self.experts_pending = False  # the weights come from a checkpoint
         for name in OPTIONAL_BUFFERS:
             state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -158,11 +163,8 @@ class MultimodalModule(LightningModule):
         return self.prior_logit_shift + self.val_logit_shift
 
     def set_prior(self, data_pos_rate: float, train_pos_rate: float) -> None:
-        def logit(p: float) -> float:
-            p = min(max(p, 1e-6), 1 - 1e-6)
-            return math.log(p / (1 - p))
-
-        self.prior_logit_shift.fill_(logit(data_pos_rate) - logit(train_pos_rate))
+        rates = torch.tensor([data_pos_rate, train_pos_rate], dtype=torch.float64).clamp(1e-6, 1 - 1e-6)
+        self.prior_logit_shift.fill_(float(rates.logit().diff().neg()))
 
     # ------------------------------------------------------------------ the logits path
     def encode(self, batch: dict[str, Tensor], mix: tuple[Tensor, float] | None = None) -> list[Tensor]:
@@ -340,14 +342,12 @@ class MultimodalModule(LightningModule):
         self.val_targets.reset()
 
     def _tune_threshold(self, logits: Tensor, target: Tensor) -> None:
-        shift = best_logit_shift(logits, target, self.val_logit_shift)
-        if shift is not None:
+        if (shift := best_logit_shift(logits, target, self.val_logit_shift)) is not None:
             self.val_logit_shift.copy_(shift)
 
     def _share_shift_with_averaged_weights(self) -> None:
-        """With EMA (Lightning's WeightAveraging) the averaged copy is validated, saved and tested, and its
-        buffers are swapped with ours around validation and averaged every step. The shift tuned on its
-        predictions goes into both copies: it is neither swapped back out nor averaged with stale values."""
+        """With EMA (WeightAveraging) the averaged copy, its buffers swapped with ours around validation and
+        averaged every step, is validated, saved and tested: the shift tuned on it goes into both copies."""
         for callback in self.trainer.callbacks:  # type: ignore[attr-defined]
             averaged = getattr(callback, "_average_model", None)
             if isinstance(callback, WeightAveraging) and averaged is not None:
@@ -390,7 +390,8 @@ class MultimodalModule(LightningModule):
             checkpoint["current_model_state"] = checkpoint["state_dict"]
 
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER)(params=self.parameters())
+        trainable = [p for p in self.parameters() if p.requires_grad]  # frozen: added when unfrozen
+        optimizer = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER)(params=trainable)
         sched_cfg = plain(self.hparams.scheduler)
         if sched_cfg is None:
             return optimizer
