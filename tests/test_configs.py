@@ -242,20 +242,34 @@ def test_image_only_mnist_is_the_image_recipe_on_its_own_whole_mnist_build(tmp_p
     assert but(whole.data, "dir", "build") == but(base.data, "dir", "build")
 
 
-def test_image_only_mnist_all_is_the_mnist_recipe_refit_on_every_image_in_bf16(tmp_path):
+def test_image_only_mnist_refit_is_the_mnist_recipe_refit_on_every_image_in_float32(tmp_path):
+    """No default depends on one CPU's instruction set: precision is the trainer's (float32 on the CPU)."""
     mnist = compose_cfg("train", ["experiment=image_only_mnist"], tmp_path)
-    refit = compose_cfg("train", ["experiment=image_only_mnist_all"], tmp_path)
+    refit = compose_cfg("train", ["experiment=image_only_mnist_refit"], tmp_path)
     assert mnist.data.val_fraction > 0 and refit.data.val_fraction == 0
     assert but(refit.data, "val_fraction") == but(mnist.data, "val_fraction")
     assert refit.model == mnist.model
     assert refit.callbacks.model_checkpoint.monitor is None  # nothing to select on: the last epoch
     assert but(refit.callbacks, "model_checkpoint") == but(mnist.callbacks, "model_checkpoint")
-    assert (refit.trainer.accelerator, refit.trainer.precision) == ("cpu", "bf16-mixed")
-    assert but(refit.trainer, "precision") == but(mnist.trainer, "precision")
-    # the command line's trainer still wins over the experiment's
-    for trainer, precision in (("cpu", "32-true"), ("gpu", "16-mixed")):
-        cfg = compose_cfg("train", ["experiment=image_only_mnist_all", f"trainer={trainer}"], tmp_path)
+    assert refit.trainer == mnist.trainer and refit.trainer.precision == "32-true"
+    for trainer, precision in (("cpu_bf16", "bf16-mixed"), ("gpu", "16-mixed")):
+        cfg = compose_cfg("train", ["experiment=image_only_mnist_refit", f"trainer={trainer}"], tmp_path)
         assert cfg.trainer.precision == precision and cfg.trainer.max_epochs == refit.trainer.max_epochs
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("image_only_mnist_all", "image_only_mnist_refit"), ("match_only", "match_labels_only"),
+     ("fusion_study_match_only", "fusion_study_match_labels_only"), ("match", None)],
+)  # fmt: skip
+def test_former_experiment_names_are_aliases_that_say_so(old, new, tmp_path):
+    """A former name composes the recipe it became (match: the default run) and carries the message the
+    run logs."""
+    aliased = compose_cfg("train", [f"experiment={old}"], tmp_path)
+    target = compose_cfg("train", [f"experiment={new}"] if new else [], tmp_path)
+    assert f"experiment={old}" in aliased.deprecated
+    for key in ("model", "data", "trainer", "callbacks"):
+        assert aliased[key] == target[key], key
 
 
 def test_callback_choices_keep_the_resume_callbacks_or_say_so(tmp_path, caplog):

@@ -274,7 +274,8 @@ class MultimodalModule(LightningModule):
             self._update_aux_acc(heads, batch, stage)
         if stage == "test":
             self.test_confmat.update(preds, target.long())
-            self.test_rows.update(self.task.prediction_rows(batch["index"], target, preds))
+            if "index" in batch:  # every loader batch has it; hand-made batches may not
+                self.test_rows.update(self.task.prediction_rows(batch["index"], target, preds))
         return loss
 
     def _label_loss(self, out: FusionOutput, labels: dict[str, Tensor], smoothing: float) -> Tensor:
