@@ -66,3 +66,20 @@ def test_the_wheel_installed_elsewhere_composes_its_own_configs(tmp_path):
     assert job.returncode == 0, job.stderr[-3000:]
     assert "_target_: mmdigits.models.audio.CRNNEncoder" in job.stdout
     assert not (elsewhere / "logs").exists()  # --cfg job composes only
+
+    # the search's sweeper ships in the namespace package Hydra scans, and Hydra finds it there
+    plugin = {n for n in names if n.startswith("hydra_plugins/")}
+    assert "hydra_plugins/mmdigits_optuna_sweeper/optuna_sweeper.py" in plugin
+    assert "hydra_plugins/__init__.py" not in plugin  # shared with other plugins: a namespace package
+    find = (
+        "from hydra.core.plugins import Plugins; from hydra.plugins.sweeper import Sweeper; import inspect; "
+        "print([inspect.getfile(c) for c in Plugins.instance().discover(Sweeper) if 'mmdigits' in str(c)])"
+    )
+    found = subprocess.run(
+        [python, "-c", find], cwd=elsewhere, env=env, capture_output=True, text=True, check=True
+    )
+    assert found.stdout.count(str(venv)) == 1, found.stdout
+    search = subprocess.run([python, "-m", "mmdigits.train", "hparams_search=lr_width", "--cfg", "hydra"],
+                            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert search.returncode == 0, search.stderr[-3000:]
+    assert "mmdigits_optuna_sweeper.optuna_sweeper.OptunaSweeper" in search.stdout

@@ -144,9 +144,12 @@ def budget(cfg: DictConfig) -> str:
 
 
 def stopped_by(trainer: Any) -> str:
-    """Why fit ended: ``max_epochs``, ``early_stopping``, ``max_time`` (wall-clock cap) or ``interrupted``."""
+    """Why fit ended: ``max_epochs``, ``early_stopping``, ``max_time`` (wall-clock cap), ``interrupted`` or
+    ``pruned`` (a search's pruner stopped the trial: a callback with ``pruned`` set)."""
     if trainer.interrupted:
         return "interrupted"
+    if any(getattr(cb, "pruned", False) is True for cb in trainer.callbacks):
+        return "pruned"
     for cb in trainer.callbacks:
         if isinstance(cb, Timer) and (cb.time_remaining("train") or 1.0) <= 0:
             return "max_time"

@@ -105,6 +105,8 @@ def config_hash(cfg: DictConfig) -> str:
     """sha256 of the resolved config, without paths and switches that do not change what a run computes."""
     data = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in NOT_IN_HASH}
     data.get("callbacks", {}).pop("model_checkpoint", None)  # holds the run directory's path
+    # holds a search's trial number, and a trial queued again to resume its run gets a new one
+    data.get("callbacks", {}).pop("optuna_pruning", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
