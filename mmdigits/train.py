@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from mmdigits import from_experts
 from mmdigits.analysis.robustness import missing_modality_accuracy
 from mmdigits.errors import MMDigitsError
 from mmdigits.models.loading import check_resume_checkpoint, read_checkpoint
@@ -65,6 +66,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
     start = time.perf_counter()
     check_validation(cfg)
+    experts = from_experts.find_or_train_experts(cfg, train)  # experiment=match_from_experts: {} otherwise
+    experts_s = time.perf_counter() - start
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -72,7 +75,7 @@ def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
 
     datamodule = instantiate(cfg.data, _convert_="all")
     try:
-        model = instantiate(cfg.model)
+        model = instantiate(cfg.model, **from_experts.pretrained_spec(cfg, experts))
     except InstantiationException as err:  # a setting the module refuses (model.pretrained): one line
         if isinstance(err.__cause__, MMDigitsError):
             raise err.__cause__ from None
@@ -122,6 +125,9 @@ def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
             atomic_save_npy(output_dir / PREDICTIONS_FILE, model.test_predictions.numpy())
         if cfg.get("test_missing_modalities", True) and trainer.is_global_zero:  # the tested weights
             metrics.update(missing_modality_accuracy(model, datamodule.whole_test_dataloader()))
+        if experts and trainer.is_global_zero:  # the experts composed, on the same test pairs
+            device = from_experts.composition_device(cfg)
+            metrics["composition"] = from_experts.composition_report(experts, datamodule, device)
     elif cfg.get("test", True):
         log.warning("data.dir has no test labels (%s): skipping the test stage", model.task.test_label_file)
 
@@ -139,6 +145,9 @@ def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
             "environment": environment(),
         }
     )
+    if experts:  # what the experts' runs took is theirs (in their metrics.json), whether trained now or not
+        metrics["experts"] = from_experts.record(experts)
+        metrics["fusion_wall_time_s"] = round(metrics["wall_time_s"] - experts_s, 2)
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", metrics)
         log.info("metrics: %s", {k: v for k, v in metrics.items() if "/" in k})

@@ -11,6 +11,10 @@ MNIST, fit on every training image (0..1 pixels). Each is scored on the rows our
 scored on. Ours trains as the experiment does (its own seeds). Printed side by side: test accuracy, fit time
 (ours: the whole run), items/s at test.
 
+A match recipe that starts from experts (``--experiment match_from_experts``) is compared with its experts
+composed without training (soft, calibrated soft and hard rules) and with the default run, per seed
+(:mod:`mmdigits.bench.match`).
+
 ``--members N`` also scores ours as an ensemble of N runs per seed s (seeds s, s + 100, ...; the first is the
 single run of seed s), as a user would: ``python -m mmdigits.evaluate ckpt_path=[...]``. Its time is the
 members' runs plus that command; its rate, the members' rates combined (they run one after another).
@@ -278,12 +282,19 @@ def main(argv: list[str] | None = None) -> int:
     cfg = compose([f"experiment={args.experiment}", *args.overrides, *data])
     data_dir = str(cfg.data.dir)  # every run of the command reads this one
     task = get_task(cfg.data.task)
+    if cfg.get("experts"):  # a recipe started from experts: next to them composed, and the default run
+        from mmdigits.bench.match import compare_with_experts
+
+        if args.members > 1:
+            parser.error(f"--members: experiment={args.experiment} is compared with its experts, per seed")
+        return compare_with_experts(args, data)
     peer = peer_for(task)
     if peer is None:
         with_peer = sorted(name for name in TASKS if peer_for(get_task(name)) is not None)
         parser.error(
             f"experiment={args.experiment} solves task {task.name!r}; the peers are for the unimodal "
-            f"tasks {with_peer} (e.g. --experiment audio_only or --experiment image_only)"
+            f"tasks {with_peer} (e.g. --experiment audio_only or --experiment image_only), and for match "
+            "recipes that start from experts (--experiment match_from_experts)"
         )
     dm = instantiate(cfg.data, _convert_="all")
     dm.prepare_data()
