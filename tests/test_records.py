@@ -18,6 +18,7 @@ def test_seed_interval_holds_the_mean_and_narrows_with_more_seeds():
     _, lo6, hi6 = stats.seed_interval([0.990, 0.994, 0.992] * 2)
     assert hi6 - lo6 < hi - lo
     assert np.isnan(stats.seed_interval([0.99])[1])  # one seed: no interval
+    assert stats.seed_interval([0.97, 0.999, 1.0])[2] == 1.0  # an accuracy's interval stays below 1
 
 
 def test_pair_interval_covers_the_accuracy_and_shrinks_with_more_pairs():

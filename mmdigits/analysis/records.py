@@ -172,6 +172,8 @@ def significance_section(
         return []
     best = have[0]
     comparisons = stats.compare_with_best({g: predictions[g] for g in have}, best)
+    if not comparisons:  # no other group was tested on the best group's pairs (e.g. other folds)
+        return []
     rows = [
         {
             "group": c.group,

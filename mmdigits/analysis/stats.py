@@ -60,13 +60,13 @@ def correctness(runs: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def seed_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """Mean and the t interval over seeds (nan bounds for fewer than two seeds or no spread)."""
+    """Mean and the t interval over seeds, cut to [0, 1] (nan bounds for fewer than two seeds)."""
     v = np.asarray(values, dtype=float)
     mean = float(v.mean())
     if len(v) < 2 or np.all(v == v[0]):
         return (mean, mean, mean) if len(v) >= 2 else (mean, math.nan, math.nan)
     lo, hi = stats.t.interval(confidence, len(v) - 1, loc=mean, scale=stats.sem(v))
-    return mean, float(lo), float(hi)
+    return mean, max(float(lo), 0.0), min(float(hi), 1.0)  # an accuracy stays in [0, 1]
 
 
 def pair_interval(
