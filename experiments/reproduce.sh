@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ALL=(audio_only image_only_mnist_refit default match_accurate match_labels_only fusion_study
-     fusion_study_match_labels_only image_only image_only_mnist digit fusion_search)
+     fusion_study_match_labels_only image_only image_only_mnist digit fusion_search match_from_experts)
 
 train() {  # train NAME [overrides...]: seeds 0, 1 and 2 of one recipe
   local name=$1
