@@ -63,6 +63,7 @@ def write_report(
         *(records.statistics_section(stats) if stats else []),
         *records.significance_section(stats, predictions),
         *(speaker_section(df, stats) if stats else []),
+        *records.composition_section(df),
         "## Mean ± std over seeds",
         "",
         "Groups are the runs that differ only by their seed, named by the choices that set them apart;",

@@ -134,3 +134,20 @@ def test_report_without_predictions_still_reports(two_groups, tmp_path):
     assert report_main([str(copy)]) == 0
     text = (copy / "report.md").read_text()
     assert "95 % confidence intervals" in text and "Paired tests" not in text
+
+
+def test_composition_rows_sit_beside_the_fused_model_per_seed_and_in_the_mean(tmp_path):
+    import pandas as pd
+
+    dirs = []
+    for seed, (fused, soft, hard) in enumerate([(0.9972, 0.9969, 0.9983), (0.9982, 0.9967, 0.9979)]):
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        comp = {"soft": {"acc": soft}, "hard": {"acc": hard}, "temperatures": {"audio": 0.2}}
+        (d / "metrics.json").write_text(json.dumps({"test/acc": fused, "composition": comp}))
+        dirs.append(str(d))
+    df = pd.DataFrame({"dir": dirs, "group": ["g", "g"], "seed": [0, 1], "test/acc": [0.9972, 0.9982]})
+    text = "\n".join(records.composition_section(df))
+    assert "| g | 0 | 0.9972 | 0.9969 | 0.9983 |" in text
+    assert "| g | mean | 0.9977 | 0.9968 | 0.9981 |" in text
+    assert "temperatures" not in text

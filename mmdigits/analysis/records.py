@@ -209,6 +209,27 @@ def significance_section(
     ]
 
 
+def composition_section(df: pd.DataFrame) -> list[str]:
+    """Runs that tested their experts composed (``metrics.json``'s ``composition``): each rule per seed beside
+    the run's own test accuracy, and the mean."""
+    rows = []
+    for _, r in df.iterrows():
+        comp = json.loads((Path(r["dir"]) / "metrics.json").read_text()).get("composition")
+        if isinstance(comp, dict):
+            rules = {k: v["acc"] for k, v in comp.items() if isinstance(v, dict) and "acc" in v}
+            rows.append({"group": r["group"], "seed": r["seed"], "fused model": _num(r["test/acc"]), **rules})
+    if not rows:
+        return []
+    table = pd.DataFrame(rows).sort_values(["group", "seed"])
+    means = table.drop(columns="seed").groupby("group", sort=False).mean().reset_index().assign(seed="mean")
+    shown = pd.concat([table, means]).map(lambda v: f"{v:.4f}" if isinstance(v, float) else v)
+    return ["## The experts composed, on the same test pairs", "",
+            "Test accuracy of the fused model and of its two experts composed without training: soft",
+            "(P(match) = Σ_k p_img(k) p_aud(k) at 0.5), calibrated (the same after each expert's",
+            "temperature, fitted on its validation part) and hard (the two argmaxes agree).", "",
+            markdown_table(shown), ""]  # fmt: skip
+
+
 def environments(df: pd.DataFrame) -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
     for d in df["dir"]:
