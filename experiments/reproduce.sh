@@ -27,6 +27,9 @@ for name in "${@:-${ALL[@]}}"; do
         > experiments/audio_only/peers_folds.md
       runs+=(logs/bench/audio_only_folds) ;;
     default) train default ;;
+    match_from_experts)  # beside the default run and the best match recipe trained from scratch
+      train match_from_experts experiment=match_from_experts
+      runs+=(logs/train/multiruns/match_accurate logs/train/multiruns/default) ;;
     fusion_study | fusion_study_match_labels_only) python -m mmdigits.train experiment="$name" ;;
     fusion_search) python -m mmdigits.train experiment="$name" && metric=val/acc_best ;;  # never tested
     *) train "$name" experiment="$name" ;;

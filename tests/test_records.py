@@ -151,3 +151,16 @@ def test_composition_rows_sit_beside_the_fused_model_per_seed_and_in_the_mean(tm
     assert "| g | 0 | 0.9972 | 0.9969 | 0.9983 |" in text
     assert "| g | mean | 0.9977 | 0.9968 | 0.9981 |" in text
     assert "temperatures" not in text
+
+
+def test_a_record_that_compares_its_recipe_with_others_is_indexed_by_its_own_runs(tmp_path):
+    exp = tmp_path / "experiments" / "mine"
+    exp.mkdir(parents=True)
+    group = {"seeds": [0, 1], "n": 2, "ci_seeds": [0.9, 1.0], "ci_pairs": [0.9, 1.0], "wall_s": None,
+             "pairs_per_s": None}  # fmt: skip
+    summary = {"name": "mine", "command": "c", "environments": [],
+               "groups": [{**group, "group": "experiment=other", "mean": 0.99},
+                          {**group, "group": "experiment=mine", "mean": 0.98}]}  # fmt: skip
+    (exp / records.SUMMARY_FILE).write_text(json.dumps(summary))
+    table = records.headline_table(exp.parent)
+    assert "0.9800" in table and "0.9900" not in table

@@ -286,7 +286,13 @@ def machine(envs: Sequence[dict[str, Any]]) -> str:
 
 
 def summaries(experiments: Path) -> list[tuple[Path, dict[str, Any]]]:
-    return [(p.parent, json.loads(p.read_text())) for p in sorted(experiments.glob(f"*/{SUMMARY_FILE}"))]
+    """Each record's summary; a record that compares its recipe with others keeps its own groups only."""
+    out = []
+    for p in sorted(experiments.glob(f"*/{SUMMARY_FILE}")):
+        s = json.loads(p.read_text())
+        own = [g for g in s["groups"] if f"experiment={s['name']}" in g["group"].split()]
+        out.append((p.parent, {**s, "groups": own or s["groups"]}))
+    return out
 
 
 def headline_table(experiments: Path, link_prefix: str = "experiments/") -> str:

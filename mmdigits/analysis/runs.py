@@ -28,8 +28,8 @@ COLUMNS = ["run", "model", "audio_encoder", "image_encoder", "fusion", "task", "
 # per group: mean ± std over seeds
 SUMMARY_METRICS = ["test/acc", "test/f1", "test/auroc", "val/acc_best", "params", "train/pairs_per_s",
                    "test/pairs_per_s", "test/acc_image_missing", "test/acc_audio_missing"]  # fmt: skip
-# the order in which choices name a group; any other differing choice or override follows
-NAMING = ("fusion", "audio_encoder", "image_encoder", "task", "model", "experiment", "module", "data")
+# the order in which choices name a group (a recipe first); any other differing choice or override follows
+NAMING = ("experiment", "fusion", "audio_encoder", "image_encoder", "task", "model", "module", "data")
 NOT_NAMES = ("seed", "hydra", "paths", "data.dir", "data.raw_dir", "data.fold", "ckpt_path", "overwrite")
 
 
@@ -178,7 +178,7 @@ def group_labels(df: pd.DataFrame) -> list[str]:
         n = len({tuple(d.get(c) for c in [*chosen, k]) for d in descs})
         if n > classes:
             chosen, classes = [*chosen, k], n
-    labels = [" ".join(f"{k}={d.get(k)}" for k in chosen) or "all runs" for d in descs]
+    labels = [" ".join(f"{k}={d.get(k) or 'none'}" for k in chosen) or "all runs" for d in descs]
     seen: dict[str, set[str]] = {}
     for label, sig in zip(labels, sigs):
         seen.setdefault(label, set()).add(sig)
