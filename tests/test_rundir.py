@@ -134,9 +134,32 @@ def test_run_states(tmp_path):
     assert [rundir.run_state(d, h) for d in (done, partial, broken, other)] == [
         "done",
         "partial",
-        "other",
+        "started",  # this config, killed before its first last.ckpt: nothing to resume
         "other",
     ]
+
+
+def test_a_sweep_job_killed_before_its_first_checkpoint_starts_over(tmp_path, multirun):
+    """Its rerun in the sweep directory trains afresh (the partial outputs go) instead of refusing."""
+    c = cfg(tmp_path / "job")
+    out = tmp_path / "job"
+    out.mkdir()
+    rundir.record_start(out, rundir.config_hash(c))
+    (out / "csv").mkdir()
+    (out / "csv" / "metrics.csv").write_text("epoch\n")
+    assert rundir.claim_run_dir(c, out) is None
+    assert not (out / "csv").exists() and rundir.recorded_hash(out) == rundir.config_hash(c)
+
+
+def test_a_single_run_killed_before_its_first_checkpoint_is_still_refused(tmp_path):
+    c = cfg(tmp_path / "run")
+    out = tmp_path / "run"
+    out.mkdir()
+    rundir.record_start(out, rundir.config_hash(c))
+    (out / "csv").mkdir()
+    (out / "csv" / "metrics.csv").write_text("epoch\n")
+    with pytest.raises(rundir.RunDirRefused, match="holds a run already"):
+        rundir.claim_run_dir(c, out)
 
 
 def test_recorded_hash(tmp_path):

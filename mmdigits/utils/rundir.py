@@ -121,15 +121,15 @@ def any_file(path: Path) -> bool:
 
 def run_state(directory: Path, cfg_hash: str) -> str:
     """``new`` (nothing there), ``done`` (finished with this config), ``partial`` (started with this config,
-    with a last.ckpt to resume from) or ``other`` (outputs of another config, or of a run that left no
-    last.ckpt)."""
+    with a last.ckpt to resume from), ``started`` (this config, stopped before its first last.ckpt: nothing
+    to resume) or ``other`` (outputs of another config)."""
     if not run_outputs(directory):
         return "new"
     if recorded_hash(directory) != cfg_hash:
         return "other"
     if (directory / "metrics.json").is_file():
         return "done"
-    return "partial" if (directory / "checkpoints" / "last.ckpt").is_file() else "other"
+    return "partial" if (directory / "checkpoints" / "last.ckpt").is_file() else "started"
 
 
 def read_run_file(directory: Path) -> dict[str, Any]:
@@ -189,6 +189,9 @@ def claim_run_dir(cfg: DictConfig, output_dir: Path) -> str | None:
             "sweep job %s: %s, %s", output_dir.name, state, "skipping" if state == "done" else "resuming"
         )
         return "done" if state == "done" else resume_decision(cfg, output_dir)
+    if hydra_mode() == RunMode.MULTIRUN and state == "started":  # this job's config: nothing to lose
+        log.info("sweep job %s: stopped before its first checkpoint, starting over", output_dir.name)
+        clear_run(output_dir)
     if not ckpt_path and run_outputs(output_dir):
         if not cfg.get("overwrite", False):
             recorded = recorded_hash(output_dir)
