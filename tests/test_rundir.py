@@ -139,25 +139,26 @@ def test_run_states(tmp_path):
     ]
 
 
+def killed_before_first_checkpoint(out: Path):
+    """A run directory of ``cfg(out)`` that holds only the logger's first file: its config."""
+    c = cfg(out)
+    (out / "csv").mkdir(parents=True)
+    rundir.record_start(out, rundir.config_hash(c))
+    (out / "csv" / "metrics.csv").write_text("epoch\n")
+    return c
+
+
 def test_a_sweep_job_killed_before_its_first_checkpoint_starts_over(tmp_path, multirun):
     """Its rerun in the sweep directory trains afresh (the partial outputs go) instead of refusing."""
-    c = cfg(tmp_path / "job")
     out = tmp_path / "job"
-    out.mkdir()
-    rundir.record_start(out, rundir.config_hash(c))
-    (out / "csv").mkdir()
-    (out / "csv" / "metrics.csv").write_text("epoch\n")
+    c = killed_before_first_checkpoint(out)
     assert rundir.claim_run_dir(c, out) is None
     assert not (out / "csv").exists() and rundir.recorded_hash(out) == rundir.config_hash(c)
 
 
 def test_a_single_run_killed_before_its_first_checkpoint_is_still_refused(tmp_path):
-    c = cfg(tmp_path / "run")
     out = tmp_path / "run"
-    out.mkdir()
-    rundir.record_start(out, rundir.config_hash(c))
-    (out / "csv").mkdir()
-    (out / "csv" / "metrics.csv").write_text("epoch\n")
+    c = killed_before_first_checkpoint(out)
     with pytest.raises(rundir.RunDirRefused, match="holds a run already"):
         rundir.claim_run_dir(c, out)
 
