@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mmdigits.analysis import records, stats
+from mmdigits.analysis.runs import runs_frame
 from mmdigits.report import main as report_main
 from tests.trained_runs import trained_run
 
@@ -137,7 +138,6 @@ def test_report_without_predictions_still_reports(two_groups, tmp_path):
 
 
 def test_composition_rows_sit_beside_the_fused_model_per_seed_and_in_the_mean(tmp_path):
-    import pandas as pd
 
     dirs = []
     for seed, (fused, soft, hard) in enumerate([(0.9972, 0.9969, 0.9983), (0.9982, 0.9967, 0.9979)]):
@@ -146,7 +146,7 @@ def test_composition_rows_sit_beside_the_fused_model_per_seed_and_in_the_mean(tm
         comp = {"soft": {"acc": soft}, "hard": {"acc": hard}, "temperatures": {"audio": 0.2}}
         (d / "metrics.json").write_text(json.dumps({"test/acc": fused, "composition": comp}))
         dirs.append(str(d))
-    df = pd.DataFrame({"dir": dirs, "group": ["g", "g"], "seed": [0, 1], "test/acc": [0.9972, 0.9982]})
+    df = runs_frame(dirs).assign(group="g", seed=[0, 1])  # the report's reading of the runs
     text = "\n".join(records.composition_section(df))
     assert "| g | 0 | 0.9972 | 0.9969 | 0.9983 |" in text
     assert "| g | mean | 0.9977 | 0.9968 | 0.9981 |" in text

@@ -214,7 +214,7 @@ def composition_section(df: pd.DataFrame) -> list[str]:
     the run's own test accuracy, and the mean."""
     rows = []
     for _, r in df.iterrows():
-        comp = json.loads((Path(r["dir"]) / "metrics.json").read_text()).get("composition")
+        comp = r.get("composition")
         if isinstance(comp, dict):
             rules = {k: v["acc"] for k, v in comp.items() if isinstance(v, dict) and "acc" in v}
             rows.append({"group": r["group"], "seed": r["seed"], "fused model": _num(r["test/acc"]), **rules})
@@ -232,9 +232,8 @@ def composition_section(df: pd.DataFrame) -> list[str]:
 
 def environments(df: pd.DataFrame) -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
-    for d in df["dir"]:
-        env = json.loads((Path(d) / "metrics.json").read_text()).get("environment") or {}
-        env = {k: env.get(k) for k in ENV_KEYS}
+    for env in df.get("environment", []):
+        env = {k: (env or {}).get(k) for k in ENV_KEYS}
         if env not in seen:
             seen.append(env)
     return seen
