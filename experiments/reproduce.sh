@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ALL=(audio_only image_only_mnist_refit default match_accurate match_labels_only fusion_study
-     fusion_study_match_labels_only image_only image_only_mnist digit fusion_search match_from_experts)
+     fusion_study_match_labels_only image_only image_only_mnist digit fusion_search match_from_experts
+     search_lr_width)
 
 train() {  # train NAME [overrides...]: seeds 0, 1 and 2 of one recipe
   local name=$1
@@ -32,6 +33,16 @@ for name in "${@:-${ALL[@]}}"; do
       runs+=(logs/train/multiruns/match_accurate logs/train/multiruns/default) ;;
     fusion_study | fusion_study_match_labels_only) python -m mmdigits.train experiment="$name" ;;
     fusion_search) python -m mmdigits.train experiment="$name" && metric=val/acc_best ;;  # never tested
+    search_lr_width)  # an Optuna search with pruning, the same without; the best trial tested once, after
+      sweep=logs/train/multiruns/lr_width
+      python -m mmdigits.train -m hparams_search=lr_width
+      python -m mmdigits.train -m hparams_search=lr_width hydra/sweeper/pruner=none \
+        hydra.sweeper.study_name=lr_width_no_pruning
+      [[ -f $sweep/best_trial_test/metrics.json ]] || python -m mmdigits.evaluate \
+        ckpt_path="$(python -m mmdigits.analysis.search $sweep)" "hydra.run.dir=$sweep/best_trial_test"
+      python -m mmdigits.report --search "$sweep" logs/train/multiruns/lr_width_no_pruning \
+        --record "experiments/$name"
+      continue ;;
     *) train "$name" experiment="$name" ;;
   esac
   python -m mmdigits.report "${runs[@]}" --metric "$metric" --record "experiments/$name"

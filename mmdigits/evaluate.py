@@ -18,7 +18,8 @@ from mmdigits.errors import MMDigitsError
 from mmdigits.models.ensemble import load_members_and_data, score_ensemble
 from mmdigits.models.loading import single_checkpoint_path
 from mmdigits.utils.cli import clean_errors
-from mmdigits.utils.run import metrics_to_floats, write_json
+from mmdigits.utils.io import atomic_save_npy
+from mmdigits.utils.run import PREDICTIONS_FILE, metrics_to_floats, write_json
 from mmdigits.utils.rundir import claim_output_dir, claimed
 
 log = logging.getLogger("mmdigits.evaluate")
@@ -42,6 +43,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     else:
         trainer.test(model, datamodule=datamodule)
         metrics = metrics_to_floats(trainer.callback_metrics)
+        if model.test_predictions is not None:
+            atomic_save_npy(Path(cfg.paths.output_dir) / PREDICTIONS_FILE, model.test_predictions.numpy())
     metrics["ckpt_path"] = paths if len(paths) > 1 else paths[0]
     if cfg.get("robustness", False):
         from mmdigits.analysis.robustness import robustness_report

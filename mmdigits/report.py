@@ -5,6 +5,7 @@ test pairs; paired tests of every group against the best, Holm-corrected; one ro
 versions the runs recorded), ``curves.png`` (validation accuracy and loss per epoch: one line per group with a
 min-max band) and ``confusion.png`` (best run, recomputed on the test split) into the first PATH.
 
+``--search <sweep dir> ...`` reports Optuna studies instead (their trials and best trial).
 ``--record experiments/<name>`` writes the same into that experiment record's README.md (below its marker
 line) and summary.json instead; ``--index experiments`` rebuilds experiments/README.md from the records.
 """
@@ -94,6 +95,26 @@ def write_report(
     return out / "report.md"
 
 
+def write_search_report(
+    sweep_dirs: Sequence[str | Path], out_dir: str | Path | None = None, record: str | Path | None = None
+) -> Path:
+    """A search's studies, trials and best trial (:mod:`mmdigits.analysis.search`): ``report.md`` in
+    ``out_dir`` (default: the first sweep directory), or the generated part of the record ``record``."""
+    from mmdigits.analysis.search import search_section
+
+    text, groups = search_section([Path(d) for d in sweep_dirs])
+    df = runs_frame(sweep_dirs)
+    text += records.environment_section(df) if len(df) else []
+    out = Path(record or out_dir or sweep_dirs[0])
+    if record is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        return records.write_record(out, text, records.summary(out.name, groups, df))
+    atomic_write_bytes(
+        out / "report.md", "\n".join([f"# Search report: {len(sweep_dirs)} studies", "", *text]).encode()
+    )
+    return out / "report.md"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mmdigits.report", description=__doc__.splitlines()[0])
     p.add_argument("paths", nargs="*", help="run directories or multirun directories")
@@ -102,14 +123,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--record", default=None, help="an experiment record's directory: write its generated part"
     )
+    p.add_argument(
+        "--search", nargs="+", default=None, help="sweep directories of Optuna studies: their record"
+    )
     p.add_argument("--index", default=None, help="rebuild DIR/README.md from the records' summary.json files")
     a = p.parse_args(argv)
-    if not a.paths and not a.index:
-        p.error("give run directories, or --index DIR")
+    if not a.paths and not a.index and not a.search:
+        p.error("give run directories, --search SWEEP_DIR ..., or --index DIR")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("tensorboard").setLevel(logging.WARNING)
     try:
         path = write_report(a.paths, a.metric, a.out, a.record) if a.paths else None
+        if a.search:
+            path = write_search_report(a.search, a.out, a.record)
         if a.index:
             path = records.write_index(Path(a.index))
     except (FileNotFoundError, KeyError, ValueError) as err:

@@ -83,3 +83,22 @@ def test_the_wheel_installed_elsewhere_composes_its_own_configs(tmp_path):
                             cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert search.returncode == 0, search.stderr[-3000:]
     assert "mmdigits_optuna_sweeper.optuna_sweeper.OptunaSweeper" in search.stdout
+
+
+def test_every_dependency_has_one_floor_and_the_floors_tool_pins_each_to_it():
+    """``python -m tools.floors`` installs every requirement at its floor and runs the suite there: each
+    requirement, in every extra, names its lowest version, and the tool pins exactly those."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    from tools.floors import constraints, floor, requirements
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    every = requirements(pyproject, tuple(pyproject["project"]["optional-dependencies"]))
+    assert all(floor(r) for r in every)  # raises for a requirement without one '>=' floor
+    installed = requirements(pyproject)  # the core and what CI installs (dev, peers)
+    pins = dict(p.split("==") for p in constraints(pyproject))
+    assert pins == {r.name: floor(r) for r in installed}
+    assert {"torch", "lightning", "scipy", "aeon", "pytest"} <= set(pins)
+    with pytest.raises(ValueError, match="expected one '>=' floor"):
+        floor(Requirement("numpy<3"))

@@ -18,6 +18,7 @@ from mmdigits.evaluate import evaluate
 from mmdigits.models.loading import read_checkpoint
 from mmdigits.predict import predict
 from mmdigits.train import train
+from mmdigits.utils.run import PREDICTIONS_FILE
 from tests.hydra_utils import compose_cfg
 from tests.synthetic import write_challenge_files
 
@@ -170,6 +171,9 @@ def test_evaluate_reproduces_train_test_metrics(callbacks, tmp_path, tiny_datase
     again = evaluate(cfg)
     for key in ("test/acc", "test/f1", "test/auroc", "test/loss"):
         assert again[key] == pytest.approx(metrics[key], abs=1e-6), key
+    # the same predictions per pair, saved beside its metrics.json as a training run saves them
+    trained = np.load(Path(metrics["best_model_path"]).parents[1] / PREDICTIONS_FILE)
+    np.testing.assert_allclose(np.load(tmp_path / "eval" / PREDICTIONS_FILE), trained, atol=1e-6)
 
 
 def test_stopped_by_reports_the_fit_not_the_test_reload(tmp_path, tiny_dataset_dir, monkeypatch):
