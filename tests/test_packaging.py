@@ -3,6 +3,7 @@ any directory."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -102,3 +103,47 @@ def test_every_dependency_has_one_floor_and_the_floors_tool_pins_each_to_it():
     assert {"torch", "lightning", "scipy", "aeon", "pytest"} <= set(pins)
     with pytest.raises(ValueError, match="expected one '>=' floor"):
         floor(Requirement("numpy<3"))
+
+
+def _imported_modules(*folders: str) -> set[str]:
+    import ast
+
+    names = set()
+    for folder in folders:
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names.update(a.name.split(".")[0] for a in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names.add(node.module.split(".")[0])
+    ours = {"mmdigits", "tests", "tools", "hydra_plugins", "__future__"}
+    return names - set(sys.stdlib_module_names) - ours
+
+
+def test_everything_the_code_and_tests_import_is_declared():
+    """A fresh ``pip install -e ".[dev,peers]"`` runs the suite: each third-party module that the package, the
+    tests and the tools import comes from a declared requirement or from one of their own requirements."""
+    import importlib.metadata as md
+    import re
+
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    from tools.floors import requirements
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    declared = {norm(r.name) for r in requirements(pyproject)}
+    reachable = set(declared)
+    for name in declared:
+        with contextlib.suppress(md.PackageNotFoundError):  # not installed: its own imports fail loudly
+            reachable |= {norm(Requirement(r).name) for r in md.requires(name) or [] if "extra ==" not in r}
+    dists = md.packages_distributions()
+    missing = {
+        module: sorted(dists.get(module, ["?"]))
+        for module in _imported_modules("mmdigits", "tests", "tools", "hydra_plugins")
+        if not {norm(d) for d in dists.get(module, [])} & reachable
+    }
+    assert not missing, f"imported but not declared in pyproject.toml (module: distributions): {missing}"
