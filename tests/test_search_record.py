@@ -87,7 +87,7 @@ def test_the_studies_table_counts_trials_epochs_and_wall_time_and_names_the_best
     name, trials = search.load_trials(pruned)
     s = search.study_summary(name, trials)
     assert (s["trials"], s["complete"], s["pruned"]) == (3, 2, 1)
-    assert s["epochs trained"] == 7 and s["wall time (s)"] == 70
+    assert s["epochs trained"] == 7 and s["wall time (s)"] == 70 and s["s per epoch"] == "10.0"
     assert s["best trial"] == 2 and s["best val acc"] == pytest.approx(0.98)
     assert s["best params"] == "model.optimizer.lr=0.01"
     assert search.best_checkpoint(pruned) == pruned / "2_run" / "checkpoints" / "best.ckpt"

@@ -94,12 +94,16 @@ def study_summary(name: str, trials: Sequence[Any]) -> dict[str, Any]:
     ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
     complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
     best = max(complete, key=lambda t: t.value) if complete else None
+    epochs = sum(len(t.intermediate_values) for t in trials)
+    wall = round((max(ends) - min(starts)).total_seconds()) if starts and ends else math.nan
     return {
         "study": name,
         "trials": len(trials),
         **{s: states.get(s, 0) for s in STATES if states.get(s, 0) or s in ("complete", "pruned")},
-        "epochs trained": sum(len(t.intermediate_values) for t in trials),
-        "wall time (s)": round((max(ends) - min(starts)).total_seconds()) if starts and ends else math.nan,
+        "epochs trained": epochs,
+        "wall time (s)": wall,
+        # the machine's speed while the study ran: studies that ran at other speeds compare in epochs
+        "s per epoch": f"{wall / epochs:.1f}" if epochs else "–",
         "best trial": best.number if best else None,
         "best val acc": best.value if best else math.nan,
         "best params": ", ".join(f"{k}={_shown(v)}" for k, v in sorted(best.params.items())) if best else "–",
