@@ -71,7 +71,7 @@ def _seconds(trial: Any) -> float:
 def trial_rows(name: str, trials: Sequence[Any]) -> list[dict[str, Any]]:
     rows = []
     for t in trials:
-        values = t.intermediate_values
+        values, seconds = t.intermediate_values, _seconds(t)
         rows.append(
             {
                 "study": name,
@@ -80,7 +80,7 @@ def trial_rows(name: str, trials: Sequence[Any]) -> list[dict[str, Any]]:
                 **{k: _shown(v) for k, v in sorted(t.params.items())},
                 "epochs": len(values),
                 "val/acc_best": t.value if t.value is not None else max(values.values(), default=math.nan),
-                "seconds": round(_seconds(t)) if math.isfinite(_seconds(t)) else "–",
+                "seconds": round(seconds) if math.isfinite(seconds) else "–",
                 "run": Path(t.user_attrs.get("run_dir", "")).name,
             }
         )
@@ -149,7 +149,7 @@ def search_section(sweep_dirs: Sequence[Path]) -> tuple[list[str], list[dict[str
     if tested is not None and best is not None:
         acc = float(tested["test/acc"])
         rows = stats.read_predictions(Path(sweep_dirs[0]) / BEST_TEST_DIR)
-        ci = stats.pair_interval(rows[:, 1] == rows[:, 2]) if rows is not None else (math.nan, math.nan)
+        ci = stats.pair_interval(stats.correctness([rows])) if rows is not None else (math.nan, math.nan)
         text += [
             f"## The best trial on the test split ({summaries[0]['study']}, trial {best.number})",
             "",
