@@ -22,6 +22,7 @@ from mmdigits.analysis import records
 from mmdigits.analysis.plots import plot_curves, write_confusion
 from mmdigits.analysis.runs import COLUMNS, markdown_table, runs_frame, seed_groups, sort_runs
 from mmdigits.analysis.speakers import speaker_section
+from mmdigits.errors import MMDigitsError, first_line
 from mmdigits.utils.io import atomic_write_bytes
 
 # ----------------------------------------------------------------------------- report
@@ -138,8 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = write_search_report(a.search, a.out, a.record)
         if a.index:
             path = records.write_index(Path(a.index))
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (FileNotFoundError, KeyError, ValueError, MMDigitsError) as err:
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
     return 0

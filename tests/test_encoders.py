@@ -369,3 +369,18 @@ def test_reverse_within_lengths_is_an_involution() -> None:
     r = reverse_within_lengths(x, torch.tensor([3, 1]))
     assert r[..., 0].tolist() == [[2.0, 1.0, 0.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
     torch.testing.assert_close(reverse_within_lengths(r, torch.tensor([3, 1])), x)
+
+
+@pytest.mark.parametrize("name, invariant", [("cnn1d_deep_cmn_only", True), ("cnn1d_deep_cmn", False)])
+def test_centred_input_ignores_a_constant_offset_per_utterance(name: str, invariant: bool) -> None:
+    """A channel's (or a speaker's) constant cepstral offset cannot reach an encoder that reads only the
+    centred MFCCs and their differences; one that also reads the MFCCs themselves sees it."""
+    torch.manual_seed(0)
+    model = build("audio_encoder", name)
+    _randomise_norms(model)
+    model.eval()
+    x, lens = _batch(LENGTHS, 93)
+    offset = torch.randn(len(LENGTHS), 1, 13) * 3 * lengths_to_mask(lens, 93).unsqueeze(-1)
+    with torch.no_grad():
+        same = torch.allclose(model(x, lens), model(x + offset, lens), atol=1e-4)
+    assert same is invariant

@@ -165,3 +165,18 @@ def test_search_without_test_metrics_reports_into_a_new_out_dir(runs, tmp_path):
     report = write_report([sweep], metric="val/acc_best", out_dir=out).read_text()
     assert "## Best run" not in report and not (out / "confusion.png").exists()
     assert (out / "curves.png").stat().st_size > 1000 and "val/acc_best" in report
+
+
+def test_a_run_whose_config_holds_an_interpolation_is_reported_without_its_data(runs, tmp_path):
+    """An evaluate run's directory keeps Hydra's unresolved config and no run.json: its data settings are
+    never resolved, so the report leaves that run out of the data-based parts instead of failing."""
+    run_dir = tmp_path / "evaluated"
+    shutil.copytree(runs[0]["dir"], run_dir)
+    (run_dir / "run.json").unlink()
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: 0\ndata:\n  seed: ${seed}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmdigits.report", str(run_dir)], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr

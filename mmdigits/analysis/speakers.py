@@ -17,6 +17,7 @@ import pandas as pd
 from mmdigits.analysis import stats
 from mmdigits.analysis.runs import markdown_table
 from mmdigits.data.npy import load_npy
+from mmdigits.errors import MMDigitsError
 
 TOP = 10
 DOMINANT = 0.4  # one speaker with this share of a group's errors is called out
@@ -28,7 +29,7 @@ def run_speakers(run_dir: str | Path) -> np.ndarray | None:
 
     try:
         data_dir = Path(run_data_settings(run_dir)["dir"])
-    except (FileNotFoundError, KeyError, ValueError):
+    except (FileNotFoundError, KeyError, ValueError, MMDigitsError):  # not plain data: never resolved
         return None
     path = data_dir / "speaker_spoken_test.npy"
     return load_npy(path) if path.is_file() else None

@@ -114,7 +114,9 @@ class MaskedConv1dStack(nn.Module):
 class CNN1dEncoder(nn.Module):
     """Conv1d stack over time + masked pooling over valid frames; ``deltas`` adds the MFCCs' first
     differences as 13 more input channels, ``cmn`` the MFCCs minus their utterance's mean (cepstral mean
-    normalisation: a speaker's and a channel's constant offset removed) as 13 more.
+    normalisation: a speaker's and a channel's constant offset removed) as 13 more. ``raw=False`` (with
+    ``cmn``) drops the MFCCs themselves: the centred MFCCs and their differences are the whole input, so a
+    constant offset per utterance cannot change the features.
 
     ``out_dim`` = ``channels[-1]`` (x2 for ``pool='meanmax'``; default 256).
     """
@@ -129,10 +131,13 @@ class CNN1dEncoder(nn.Module):
         pool: str = "meanmax",
         deltas: bool = False,
         cmn: bool = False,
+        raw: bool = True,
     ) -> None:
         super().__init__()
-        self.deltas, self.cmn = deltas, cmn
-        width = in_dim * (1 + deltas + cmn)
+        if not (raw or cmn):
+            raise ValueError("CNN1dEncoder: raw=False needs cmn=True (the centred MFCCs replace the MFCCs)")
+        self.deltas, self.cmn, self.raw = deltas, cmn, raw
+        width = in_dim * (1 + deltas + (cmn and raw))
         self.convs = MaskedConv1dStack(width, channels, kernel_size, strides, dropout)
         self.pool = pool
         self.out_dim = pool_width(self.convs.out_channels, pool)
@@ -141,10 +146,10 @@ class CNN1dEncoder(nn.Module):
         feats = x  # the conv stack zeroes padded frames itself: no mask needed here for the MFCCs alone
         if self.deltas or self.cmn:
             mask = lengths_to_mask(lengths, x.shape[1])
-            feats = masked_frames(x, mask, self.deltas)
-            if self.cmn:
-                centred = (x - masked_mean(x, mask).unsqueeze(1)) * mask.unsqueeze(-1).to(x.dtype)
-                feats = torch.cat([feats, centred], dim=-1)
+            centred = x - masked_mean(x, mask).unsqueeze(1) if self.cmn else x
+            feats = masked_frames(x if self.raw else centred, mask, self.deltas)
+            if self.cmn and self.raw:
+                feats = torch.cat([feats, centred * mask.unsqueeze(-1).to(x.dtype)], dim=-1)
         h, lengths = self.convs(feats, lengths)
         return masked_pool(h, lengths_to_mask(lengths, h.shape[1]), self.pool)
 
