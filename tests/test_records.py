@@ -61,6 +61,12 @@ def test_seeds_needed_grows_as_the_difference_shrinks_against_its_spread():
     assert stats.seeds_needed([0.001, 0.001]) is None  # no spread: nothing to estimate from
 
 
+def test_a_difference_far_larger_than_its_spread_needs_the_fewest_seeds():
+    """statsmodels' solver finds no root below 2 observations (it returns NaN there): a paired t test needs
+    2 seeds at least, and they suffice for a difference a hundred times its spread."""
+    assert stats.seeds_needed([0.0100, 0.0101, 0.0102]) == 2
+
+
 def test_runs_tested_on_other_pairs_are_not_compared():
     a = np.array([[0, 1, 1, 0.9], [1, 0, 0, 0.2]])
     b = a.copy()

@@ -16,6 +16,7 @@ test pair), so two recipes are compared on the same pairs:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,15 +123,20 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 
 def seeds_needed(differences: Sequence[float], alpha: float = ALPHA, power: float = POWER) -> int | None:
     """Seeds a paired t test over seeds needs to detect the mean of the observed per-seed differences at
-    ``power``; None when the differences have no spread or no mean (nothing to estimate from)."""
+    ``power``; None when the differences have no spread or no mean (nothing to estimate from), or when the
+    solver finds no answer."""
     from statsmodels.stats.power import TTestPower
 
     d = np.asarray(differences, dtype=float)
     if len(d) < 2 or d.std(ddof=1) == 0 or d.mean() == 0:
         return None
     effect = abs(d.mean()) / d.std(ddof=1)
-    n = TTestPower().solve_power(effect_size=effect, alpha=alpha, power=power, alternative="two-sided")
-    return int(math.ceil(n))
+    if TTestPower().power(effect_size=effect, nobs=2, alpha=alpha, alternative="two-sided") >= power:
+        return 2  # the fewest a paired t test can use; the solver finds no root below it
+    with warnings.catch_warnings():  # it warns where it returns NaN, checked below
+        warnings.simplefilter("ignore")
+        n = TTestPower().solve_power(effect_size=effect, alpha=alpha, power=power, alternative="two-sided")
+    return int(math.ceil(n)) if math.isfinite(n) else None
 
 
 @dataclass
