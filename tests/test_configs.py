@@ -69,7 +69,10 @@ def test_run_is_named_after_the_choices_made(tmp_path):
     assert cfg.run_name == "match_lstm_cnn_agreement"
     assert "match_lstm_cnn_agreement" in cfg.hydra.run.dir and cfg.hydra.run.dir.endswith(f"_{os.getpid()}")
     # unimodal tasks leave out the encoder they do not read
-    assert compose_cfg("train", ["experiment=audio_only"], tmp_path).run_name == "audio_digit_cnn1d_deep"
+    assert (
+        compose_cfg("train", ["experiment=audio_only"], tmp_path).run_name
+        == "audio_digit_cnn1d_deep_cmn_only"
+    )
     assert compose_cfg("train", ["experiment=image_only"], tmp_path).run_name == "image_digit_conv"
     accurate = compose_cfg("train", ["experiment=match_accurate"], tmp_path)
     assert accurate.run_name == "match_cnn1d_deep_conv_fast_agreement"
