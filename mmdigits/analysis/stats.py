@@ -123,20 +123,27 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 
 def seeds_needed(differences: Sequence[float], alpha: float = ALPHA, power: float = POWER) -> int | None:
     """Seeds a paired t test over seeds needs to detect the mean of the observed per-seed differences at
-    ``power``; None when the differences have no spread or no mean (nothing to estimate from), or when the
-    solver finds no answer."""
+    ``power``; None when the differences have no spread or no mean (nothing to estimate from), or when
+    statsmodels can evaluate neither the solver nor the power at a few runs (NaN, for some large effects)."""
     from statsmodels.stats.power import TTestPower
 
     d = np.asarray(differences, dtype=float)
     if len(d) < 2 or d.std(ddof=1) == 0 or d.mean() == 0:
         return None
     effect = abs(d.mean()) / d.std(ddof=1)
-    if TTestPower().power(effect_size=effect, nobs=2, alpha=alpha, alternative="two-sided") >= power:
-        return 2  # the fewest a paired t test can use; the solver finds no root below it
-    with warnings.catch_warnings():  # it warns where it returns NaN, checked below
+    tester = TTestPower()
+    with warnings.catch_warnings():  # its root finder warns where it fails (NaN), handled below
         warnings.simplefilter("ignore")
-        n = TTestPower().solve_power(effect_size=effect, alpha=alpha, power=power, alternative="two-sided")
-    return int(math.ceil(n)) if math.isfinite(n) else None
+        n = tester.solve_power(effect_size=effect, alpha=alpha, power=power, alternative="two-sided")
+    if math.isfinite(n) and n > 2:
+        return int(math.ceil(n))
+    # The solver failed or stopped at its lower bound, 2 (the fewest a paired t test can use): the answer is a
+    # few runs, counted directly. A power statsmodels cannot evaluate (NaN, for some large effects at 2 or 3
+    # runs) counts as not reached.
+    for runs in range(2, 6):
+        if tester.power(effect_size=effect, nobs=runs, alpha=alpha, alternative="two-sided") >= power:
+            return runs
+    return None
 
 
 @dataclass
