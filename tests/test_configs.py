@@ -38,7 +38,11 @@ def options(group: str) -> list[str]:
 
 def test_default_config_composes(tmp_path):
     cfg = compose_cfg("train", [], tmp_path)
-    assert cfg.run_name == "match_cnn1d_lenet_agreement"
+    assert cfg.run_name == "match_cnn1d_deltas_lenet_agreement"
+    assert cfg.model.audio_encoder.deltas is True
+    # the default run's recipe (experiment=default): augmentation, EMA, the lowest-validation-loss checkpoint
+    assert cfg.model.audio_speed == 0.15 and cfg.callbacks.ema.decay == 0.99
+    assert cfg.callbacks.model_checkpoint.monitor == "val/loss" and cfg.callbacks.early_stopping is None
     assert cfg.model.image_encoder._target_.endswith("LeNetEncoder")
     # budgets live in trainer/experiment configs, never in the architecture presets
     assert cfg.trainer.max_epochs == 18
@@ -48,6 +52,19 @@ def test_default_config_composes(tmp_path):
     assert cfg.model.audio_encoder._target_.endswith("CNN1dEncoder")
     assert cfg.model.fusion._target_.endswith("AgreementFusion")
     resolve_all(cfg)  # every interpolation resolves
+
+
+def test_another_experiment_replaces_the_default_recipe_whole(tmp_path):
+    """experiment=default, the default run's recipe, leaks into no other experiment and no search."""
+    digit = compose_cfg("train", ["experiment=digit"], tmp_path)
+    search = compose_cfg("train", ["hparams_search=lr_width"], tmp_path)
+    for cfg in (digit, search):
+        assert "ema" not in cfg.callbacks and cfg.callbacks.early_stopping is not None
+        assert cfg.model.audio_speed == 0 and cfg.callbacks.model_checkpoint.monitor == "val/acc"
+    assert search.run_name == "match_cnn1d_lenet_agreement" and not search.model.audio_encoder.get("deltas")
+    # the former name of the default run is the same recipe
+    alias = resolve_all(compose_cfg("train", ["experiment=match"], tmp_path))
+    assert alias | {"deprecated": None} == resolve_all(compose_cfg("train", [], tmp_path))
 
 
 @pytest.mark.parametrize("model", options("model"))
@@ -172,7 +189,8 @@ def test_a_typo_in_a_cuda_trainer_config_fails_rather_than_skips(override: str, 
 @pytest.mark.parametrize("group", ["callbacks", "logger"])
 def test_callbacks_and_loggers_instantiate(group, tmp_path):
     for option in options(group):
-        cfg = compose_cfg("train", [f"{group}={option}"], tmp_path)
+        # ~experiment: the group's option alone, without the default run's recipe's callback settings
+        cfg = compose_cfg("train", ["~experiment", f"{group}={option}"], tmp_path)
         objs = (instantiate_callbacks if group == "callbacks" else instantiate_loggers)(cfg.get(group))
         if option not in ("none",):
             assert objs, option
@@ -205,14 +223,14 @@ def test_reliability_callbacks_come_from_the_config(tmp_path):
     assert not instantiate_callbacks(compose_cfg("train", ["callbacks=none"], tmp_path).callbacks)
 
 
-def test_augment_group_is_off_by_default_and_shared_by_the_recipes(tmp_path):
-    plain = compose_cfg("train", [], tmp_path).model
+def test_augment_group_is_off_without_a_recipe_and_shared_by_the_recipes(tmp_path):
+    plain = compose_cfg("train", ["~experiment"], tmp_path).model
     assert (plain.audio_speed, plain.audio_time_mask, plain.audio_freq_mask) == (0, 0, 0)
     assert plain.image_affine is None
     strong = compose_cfg("train", ["augment=strong"], tmp_path).model
     assert (strong.audio_speed, strong.audio_time_mask, strong.audio_freq_mask) == (0.15, 10, 3)
     assert strong.image_shift == 0 and dict(strong.image_affine) == {"degrees": 10, "scale": 0.1, "shift": 2}
-    for experiment in ("match_accurate", "match_only"):
+    for experiment in ("default", "match_accurate", "match_only"):
         model = compose_cfg("train", [f"experiment={experiment}"], tmp_path).model
         augment = ("audio_speed", "audio_time_mask", "audio_freq_mask", "image_shift", "image_affine")
         assert {k: model[k] for k in augment} == {k: strong[k] for k in augment}, experiment
