@@ -38,12 +38,12 @@ def options(group: str) -> list[str]:
 
 def test_default_config_composes(tmp_path):
     cfg = compose_cfg("train", [], tmp_path)
-    assert cfg.run_name == "match_cnn1d_deltas_lenet_agreement"
+    assert cfg.run_name == "match_cnn1d_deltas_conv_fast_agreement"
     assert cfg.model.audio_encoder.deltas is True
     # the default run's recipe (experiment=default): augmentation, EMA, the lowest-validation-loss checkpoint
     assert cfg.model.audio_speed == 0.15 and cfg.callbacks.ema.decay == 0.99
     assert cfg.callbacks.model_checkpoint.monitor == "val/loss" and cfg.callbacks.early_stopping is None
-    assert cfg.model.image_encoder._target_.endswith("LeNetEncoder")
+    assert cfg.model.image_encoder._target_.endswith("ConvEncoder")
     # budgets live in trainer/experiment configs, never in the architecture presets
     assert cfg.trainer.max_epochs == 18
     assert compose_cfg("train", ["model=crnn_cnn"], tmp_path).trainer.max_epochs == 18
