@@ -22,7 +22,7 @@ from mmdigits.analysis import records
 from mmdigits.analysis.plots import plot_curves, write_confusion
 from mmdigits.analysis.runs import COLUMNS, markdown_table, runs_frame, seed_groups, sort_runs
 from mmdigits.analysis.speakers import speaker_section
-from mmdigits.errors import MMDigitsError, first_line
+from mmdigits.errors import USER_ERROR_EXIT_CODE, MMDigitsError, first_line
 from mmdigits.utils.io import atomic_write_bytes
 
 # ----------------------------------------------------------------------------- report
@@ -91,7 +91,7 @@ def write_report(
         text += [f"## Best run: {df.iloc[0]['run']}", "", f"Confusion matrix ({how}):", "",
                  "![confusion matrix](confusion.png)", ""]  # fmt: skip
     if record is not None:
-        return records.write_record(out, text[2:], records.summary(out.name, stats, df))
+        return records.write_record(out, text[2:], records.summary(out.name, stats, df, metric))
     atomic_write_bytes(out / "report.md", "\n".join(text).encode())
     return out / "report.md"
 
@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = records.write_index(Path(a.index))
     except (FileNotFoundError, KeyError, ValueError, MMDigitsError) as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
-        return 2
+        return USER_ERROR_EXIT_CODE
     print(f"wrote {path}")
     return 0
 

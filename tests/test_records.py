@@ -176,3 +176,16 @@ def test_a_record_that_compares_its_recipe_with_others_is_indexed_by_its_own_run
     (exp / records.SUMMARY_FILE).write_text(json.dumps(summary))
     table = records.headline_table(exp.parent)
     assert "0.9800" in table and "0.9900" not in table
+
+
+def test_a_validation_only_record_is_indexed_without_a_test_figure(tmp_path):
+    """A record whose runs never read the test split (no group has a test accuracy) still has its row."""
+    exp = tmp_path / "experiments" / "study"
+    exp.mkdir(parents=True)
+    env = {"cpu": "Some CPU", "cpu_count": 2}
+    summary = {"name": "study", "command": "bash experiments/reproduce.sh study", "environments": [env],
+               "groups": [], "runs": 24, "metric": "val/acc"}  # fmt: skip
+    (exp / records.SUMMARY_FILE).write_text(json.dumps(summary))
+    index = records.write_index(exp.parent).read_text()
+    row = next(line for line in index.splitlines() if "[study](study/README.md)" in line)
+    assert "| 24 |" in row and "val/acc" in row and "2 × Some CPU" in row

@@ -255,12 +255,15 @@ def environment_section(df: pd.DataFrame) -> list[str]:
     ]
 
 
-def summary(name: str, groups: list[dict[str, Any]], df: pd.DataFrame) -> dict[str, Any]:
+def summary(
+    name: str, groups: list[dict[str, Any]], df: pd.DataFrame, metric: str = "test/acc"
+) -> dict[str, Any]:
     return {
         "name": name,
         "command": f"bash experiments/reproduce.sh {name}",
         "groups": groups,
         "runs": len(df),
+        "metric": metric,
         "environments": environments(df),
     }
 
@@ -333,6 +336,20 @@ def write_index(experiments: Path) -> Path:
     kept); the results block of the README beside ``experiments`` follows it."""
     rows = []
     for record, s in summaries(experiments):
+        if not s["groups"]:  # its runs never read the test split: validation decided, by its metric
+            rows.append(
+                {
+                    "record": f"[{s['name']}]({record.name}/README.md)",
+                    "recipe": f"validation only (`{s.get('metric', 'val/acc')}`)",
+                    "command": f"`{s['command']}`",
+                    "runs": s.get("runs", "–"),
+                    "test acc (mean)": "–",
+                    "95 % CI over runs": "–",
+                    "time per run": "–",
+                    "inference pairs/s": "–",
+                    "machine": machine(s.get("environments") or []),
+                }
+            )
         for g in s["groups"]:
             rows.append(
                 {
