@@ -307,6 +307,7 @@ def run_files(draw: Any) -> tuple[str, str | None]:
 
 def fuzz_rundir(examples: int, fuzz_seed: int) -> None:
     base = base_checkpoint()
+    os.chdir(WORK)  # data settings without a dir mean ./Dataset: not the one a working copy may have built
     run = WORK / "runs" / "0_run"
     fake_run(run, base)
     OUT.mkdir(parents=True, exist_ok=True)

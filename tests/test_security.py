@@ -174,8 +174,9 @@ def test_dtype_state_through_allowed_names_is_refused_not_a_crash(tiny_dataset_d
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tiny_dataset_dir) -> Path:
     run = tmp_path_factory.mktemp("trained")
-    overrides = [f"data.dir={tiny_dataset_dir}", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-                 "+trainer.limit_val_batches=1", "test=false", "logger=csv", *QUIET]  # fmt: skip
+    overrides = ["~experiment", f"data.dir={tiny_dataset_dir}", "trainer.max_epochs=1",
+                 "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "test=false", "logger=csv",
+                 *QUIET]  # fmt: skip
     train(compose_cfg("train", overrides, run))
     return run / "checkpoints" / "last.ckpt"
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -39,7 +40,9 @@ QUIET = ["~callbacks.rich_progress_bar", "trainer.enable_model_summary=false"]
 
 
 def train_overrides(data_dir: Path, *extra: str) -> list[str]:
-    return [f"data.dir={data_dir}", "data.batch_size=32", "data.eval_batch_size=64", *QUIET, *extra]
+    """The plain training (``~experiment``): the default run's recipe is tested on its own, below."""
+    plain = ["~experiment", f"data.dir={data_dir}", "data.batch_size=32", "data.eval_batch_size=64"]
+    return [*plain, *QUIET, *extra]
 
 
 def run_train(tmp_path: Path, data_dir: Path, *extra: str) -> dict:
@@ -132,6 +135,23 @@ def test_train_learns_and_writes_outputs(tmp_path, tiny_dataset_dir):
     tags = events.Tags()["scalars"]
     assert {"val/acc", "val/acc_best", "test/acc", "test/f1", "test/auroc"} <= set(tags)
     assert "test/confusion_matrix" in events.Tags()["images"]
+
+
+def test_the_default_recipe_trains_its_budget_and_tests_its_lowest_validation_loss(
+    tmp_path, tiny_dataset_dir
+):
+    """The default run's recipe (experiment=default): EMA, no early stopping, the checkpoint by val/loss."""
+    overrides = [f"data.dir={tiny_dataset_dir}", "data.batch_size=32", "data.eval_batch_size=64", *QUIET]
+    metrics = train(compose_cfg("train", [*overrides, "trainer.max_epochs=3", "logger=csv"], tmp_path))
+    assert metrics["epochs"] == 3 and metrics["stopped_by"] == "max_epochs"
+    ckpt = torch.load(metrics["best_model_path"], weights_only=False)
+    states = ckpt["callbacks"]
+    checkpoint = next(v for k, v in states.items() if k.startswith("ModelCheckpoint"))
+    assert "'monitor': 'val/loss'" in next(k for k in states if k.startswith("ModelCheckpoint"))
+    assert checkpoint["best_model_score"] == min(
+        float(v) for v in pd.read_csv(next(tmp_path.rglob("metrics.csv")))["val/loss"].dropna()
+    )
+    assert any(k.startswith("EMAWeightAveraging") for k in states)
 
 
 def test_resume_continues_epoch_counter(tmp_path, tiny_dataset_dir):
