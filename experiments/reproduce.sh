@@ -28,11 +28,6 @@ for name in "${@:-${ALL[@]}}"; do
         > experiments/audio_only/peers_folds.md
       runs+=(logs/bench/audio_only_folds) ;;
     default) train default ;;
-    match_accurate)  # the corpus split, then speaker-grouped 4-fold cross-validation (seed 0)
-      train match_accurate experiment=match_accurate
-      python -m mmdigits.train -m experiment=match_accurate data=speaker_folds data.fold=0,1,2,3 seed=0 \
-        "hydra.sweep.dir=\${paths.log_dir}/train/multiruns/match_accurate_folds" 'hydra.sweep.subdir=fold${data.fold}'
-      runs+=(logs/train/multiruns/match_accurate_folds) ;;
     match_from_experts)  # beside the default run and the best match recipe trained from scratch
       train match_from_experts experiment=match_from_experts
       runs+=(logs/train/multiruns/match_accurate logs/train/multiruns/default) ;;
