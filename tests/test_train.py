@@ -41,8 +41,8 @@ QUIET = ["~callbacks.rich_progress_bar", "trainer.enable_model_summary=false"]
 
 def train_overrides(data_dir: Path, *extra: str) -> list[str]:
     """The plain training (``~experiment``): the default run's recipe is tested on its own, below."""
-    plain = ["~experiment", f"data.dir={data_dir}", "data.batch_size=32", "data.eval_batch_size=64"]
-    return [*plain, *QUIET, *extra]
+    recipe = [] if any(e.startswith("experiment=") for e in extra) else ["~experiment"]
+    return [*recipe, f"data.dir={data_dir}", "data.batch_size=32", "data.eval_batch_size=64", *QUIET, *extra]
 
 
 def run_train(tmp_path: Path, data_dir: Path, *extra: str) -> dict:

@@ -43,7 +43,8 @@ def write_hydra_files(cfg: Any, overrides: list[str], out: Path) -> None:
 
 def trained_run(root: Path, name: str, data_dir: Path, *extra: str) -> dict[str, Any]:
     """Train (once per session) into ``root/name``: ``{"dir", "metrics", "ckpt"}``."""
-    overrides = [f"data.dir={data_dir}", *FAST, *extra]
+    fast = [o for o in FAST if o != "~experiment" or not any(e.startswith("experiment=") for e in extra)]
+    overrides = [f"data.dir={data_dir}", *fast, *extra]
     key = (name, *overrides)
     if key not in _CACHE:
         out = root / name
