@@ -33,17 +33,7 @@ for name in "${@:-${ALL[@]}}"; do
       runs+=(logs/train/multiruns/match_accurate logs/train/multiruns/default) ;;
     fusion_study | fusion_study_match_labels_only) python -m mmdigits.train experiment="$name" ;;
     audio_input_study) python -m mmdigits.train experiment="$name" && metric=val/acc ;;  # never tested
-    fusion_search)  # never tested: 5 fusions x 3 learning rates, then 0.03 where 0.01 led, and a wider head each
-      metric=val/acc_best
-      python -m mmdigits.train experiment=fusion_search
-      more() { python -m mmdigits.train experiment=fusion_search "hydra.sweep.dir=logs/train/multiruns/$1" "${@:2}"; }
-      more fusion_search_lr fusion=concat,late,gated,agreement model.optimizer.lr=0.03
-      more fusion_search_head_concat fusion=concat model.optimizer.lr=0.01 'model.fusion.hidden=[256]'
-      more fusion_search_head_late fusion=late model.optimizer.lr=0.01 'model.fusion.hidden=[64]'
-      more fusion_search_head_gated fusion=gated model.optimizer.lr=0.01 'model.fusion.hidden=[128]'
-      more fusion_search_head_lowrank fusion=lowrank_tensor model.optimizer.lr=0.003 'model.fusion.hidden=[128]'
-      more fusion_search_head_agreement fusion=agreement model.optimizer.lr=0.01 'model.fusion.hidden=[64]'
-      runs+=(logs/train/multiruns/fusion_search_{lr,head_concat,head_late,head_gated,head_lowrank,head_agreement}) ;;
+    fusion_search) python -m mmdigits.train experiment="$name" && metric=val/acc_best ;;  # never tested
     search_lr_width)  # an Optuna search with pruning, the same without; the best trial tested once, after
       sweep=logs/train/multiruns/lr_width
       python -m mmdigits.train -m hparams_search=lr_width
