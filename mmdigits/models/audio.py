@@ -116,7 +116,9 @@ class CNN1dEncoder(nn.Module):
     differences as 13 more input channels, ``cmn`` the MFCCs minus their utterance's mean (cepstral mean
     normalisation: a speaker's and a channel's constant offset removed) as 13 more. ``raw=False`` (with
     ``cmn``) drops the MFCCs themselves: the centred MFCCs and their differences are the whole input, so a
-    constant offset per utterance cannot change the features.
+    constant offset per utterance cannot change the features. ``cvn`` (with ``cmn``) also divides each centred
+    coefficient by its standard deviation over the utterance (cepstral mean and variance normalisation), so a
+    gain per coefficient and utterance cannot change them either.
 
     ``out_dim`` = ``channels[-1]`` (x2 for ``pool='meanmax'``; default 256).
     """
@@ -132,11 +134,14 @@ class CNN1dEncoder(nn.Module):
         deltas: bool = False,
         cmn: bool = False,
         raw: bool = True,
+        cvn: bool = False,
     ) -> None:
         super().__init__()
         if not (raw or cmn):
             raise ValueError("CNN1dEncoder: raw=False needs cmn=True (the centred MFCCs replace the MFCCs)")
-        self.deltas, self.cmn, self.raw = deltas, cmn, raw
+        if cvn and not cmn:
+            raise ValueError("CNN1dEncoder: cvn=True needs cmn=True (it scales the centred MFCCs)")
+        self.deltas, self.cmn, self.raw, self.cvn = deltas, cmn, raw, cvn
         width = in_dim * (1 + deltas + (cmn and raw))
         self.convs = MaskedConv1dStack(width, channels, kernel_size, strides, dropout)
         self.pool = pool
@@ -147,6 +152,9 @@ class CNN1dEncoder(nn.Module):
         if self.deltas or self.cmn:
             mask = lengths_to_mask(lengths, x.shape[1])
             centred = x - masked_mean(x, mask).unsqueeze(1) if self.cmn else x
+            if self.cvn:  # the epsilon keeps sqrt's gradient finite for a one-frame (zero-variance) utterance
+                var = masked_mean(centred.square(), mask)
+                centred = centred / (var + 1e-8).sqrt().unsqueeze(1)
             feats = masked_frames(x if self.raw else centred, mask, self.deltas)
             if self.cmn and self.raw:
                 feats = torch.cat([feats, centred * mask.unsqueeze(-1).to(x.dtype)], dim=-1)
