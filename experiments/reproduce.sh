@@ -27,12 +27,20 @@ for name in "${@:-${ALL[@]}}"; do
       python -m mmdigits.bench.peers --folds 4 --seeds 0 --out logs/bench/audio_only_folds \
         > experiments/audio_only/peers_folds.md
       runs+=(logs/bench/audio_only_folds) ;;
-    default) train default ;;
+    default)  # the corpus split, then speaker-grouped 4-fold cross-validation (seed 0 per fold)
+      train default
+      python -m mmdigits.train -m experiment=default data=speaker_folds data.fold=0,1,2,3 seed=0 \
+        'hydra.sweep.dir=${paths.log_dir}/train/multiruns/default_folds' 'hydra.sweep.subdir=fold${data.fold}'
+      runs+=(logs/train/multiruns/default_folds) ;;
     match_from_experts)  # beside the default run and the best match recipe trained from scratch
       train match_from_experts experiment=match_from_experts
+      python -m mmdigits.bench.peers --experiment match_from_experts --seeds 0 1 2 \
+        --out logs/bench/match_from_experts > experiments/match_from_experts/peers.md
       runs+=(logs/train/multiruns/match_accurate logs/train/multiruns/default) ;;
     fusion_study | fusion_study_match_labels_only) python -m mmdigits.train experiment="$name" ;;
-    audio_input_study) python -m mmdigits.train experiment="$name" && metric=val/acc ;;  # never tested
+    audio_input_study)  # never tested; then a later candidate, variance normalisation, by the same rule
+      python -m mmdigits.train experiment="$name" && python -m mmdigits.train experiment=audio_cmvn_study
+      runs+=(logs/train/multiruns/audio_cmvn_study) && metric=val/acc ;;
     fusion_search) python -m mmdigits.train experiment="$name" && metric=val/acc_best ;;  # never tested
     search_lr_width)  # an Optuna search with pruning, the same without; the best trial tested once, after
       sweep=logs/train/multiruns/lr_width

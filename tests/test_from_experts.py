@@ -245,14 +245,24 @@ def test_bench_prints_the_experts_composed_the_fused_model_and_the_default_run(
         r.split(" | ") for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "---" not in r
     ]
     names = [r[0].lstrip("| ") for r in rows[1:]]
-    assert len(names) == 5
+    assert len(names) == 6
     expected = ("experts composed, soft", "experts composed, calibrated soft (T_img=",
                 "experts composed, hard", "fused: experiment=match_from_experts",
                 "default: python -m mmdigits.train")  # fmt: skip
     for name, start in zip(names, expected):
         assert name.startswith(start) and name.endswith(", seed 0"), name
-    for r in rows[1:]:
+    # aeon's MiniRocket, fit in the same command on the audio expert's training speakers: every row's wall
+    # time is also given as a multiple of its fit time
+    peer = rows[-1]
+    assert names[-1].startswith("aeon MiniRocket (random_state=0)")
+    assert float(peer[1]) == pytest.approx(
+        1 - int(peer[3].split("/")[0]) / int(peer[3].split("/")[1]), abs=1e-4
+    )
+    fit_s = float(peer[4])
+    assert fit_s > 0 and peer[7].rstrip(" |") == "1.0×"
+    for r in rows[1:-1]:
         errors, n = map(int, r[3].split("/"))
         assert n == 200 and float(r[1]) == pytest.approx(1 - errors / n, abs=1e-4)
         assert float(r[4]) > 0 and float(r[5].replace(",", "")) > 0
+        assert r[7].rstrip(" |") == f"{float(r[4]) / fit_s:.1f}×"
     assert all("audio reused, image reused" in r[6] for r in rows[1:4])  # the CLI found the same experts

@@ -10,7 +10,11 @@ its metrics.json) and ``python -m mmdigits.train seed=s`` (the default run). Fiv
 * experts composed, calibrated soft: the same after each expert's temperature (fitted on its validation part);
 * experts composed, hard: match when the two argmaxes agree;
 * the fused model (the recipe);
-* the default run.
+* the default run;
+
+and once per command, aeon's MiniRocket fit on the audio expert's training speakers (its train and
+validation parts) and tested on its test utterances, as ``--experiment audio_only`` fits it: every row's wall
+time is also given as a multiple of this fit time, measured in the same command on the same machine.
 
 Times: a composed rule's is the experts' own runs (their metrics.json, whenever they trained) plus fitting
 the temperatures and running both experts over the test pairs; the fused model's is the experts' runs plus
@@ -100,6 +104,20 @@ def rows_of_seed(recipe: dict[str, Any], default: dict[str, Any], label: str) ->
     return rows
 
 
+def minirocket_on_audio_expert(recipe_cfg: Any) -> dict[str, Any]:
+    """aeon's MiniRocket on the audio expert's data (``{"missing": hint}`` without aeon)."""
+    from hydra.utils import instantiate
+
+    from mmdigits.bench.peers import minirocket
+    from mmdigits.from_experts import expert_overrides
+
+    dm = instantiate(compose(expert_overrides(recipe_cfg, "audio")).data, _convert_="all")
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    return minirocket(dm)
+
+
 def compare_with_experts(args: argparse.Namespace, data: list[str]) -> int:
     """Every seed of ``args.seeds``: the recipe, its experts composed, and the default run; then the mean over
     seeds of each row."""
@@ -125,13 +143,23 @@ def compare_with_experts(args: argparse.Namespace, data: list[str]) -> int:
         for name, accs in by_name.items():
             mean = f"{np.mean(accs):.4f} ± {np.std(accs, ddof=1):.4f}"
             rows.append((f"{name}: mean of {len(accs)} seeds", mean, "", "", "", "", ""))
+    peer = minirocket_on_audio_expert(recipe_cfg)
+    if "missing" in peer:
+        rows.append(("aeon MiniRocket (random_state=0): not installed", "", "", "", "", "", peer["missing"]))
+        ratio = {}
+    else:
+        rows.append(("aeon MiniRocket (random_state=0), audio digits only", f"{peer['acc']:.4f}", "",
+                     f"{peer['errors']}/{peer['n']}", f"{peer['fit_s']:.1f}", "",
+                     "its fit on the audio expert's training speakers, in this command"))  # fmt: skip
+        ratio = {"fit_s": peer["fit_s"]}
     threads = torch.get_num_threads()
     print(f"\nmatch, {n} test pairs of {data_dir}; torch {torch.__version__}, {threads} threads")
     if args.overrides:
         kept = " ".join(default_overrides) or "none"
         print(f"overrides: {' '.join(args.overrides)} (those the default run takes: {kept})")
-    print("| model | test acc | F1 | errors / pairs | wall s | pairs/s | notes |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | test acc | F1 | errors / pairs | wall s | pairs/s | notes | wall s / MiniRocket's fit |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print("| " + " | ".join(r) + " |")
+        times = f"{float(r[4]) / ratio['fit_s']:.1f}×" if ratio and r[4] else ""
+        print("| " + " | ".join([*r, times]) + " |")
     return 0
