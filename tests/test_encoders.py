@@ -12,7 +12,6 @@ from mmdigits.models.layers import (
     MLP,
     MaskedBatchNorm,
     MaxPool2x2,
-    conv_maxpool2x2,
     conv_out_lengths,
     lengths_to_mask,
     masked_max,
@@ -246,29 +245,6 @@ def test_maxpool2x2_equals_torch_maxpool(shape: tuple[int, ...], channels_last: 
         pool(xg).sum().backward()
         grads.append(xg.grad)
     assert torch.equal(grads[0], grads[1]) and grads[0].sum() == reference.numel()
-
-
-@pytest.mark.parametrize(
-    "c_in, c_out, k, pad, side, bias",
-    [(1, 6, 5, 2, 28, True), (6, 16, 5, 0, 14, True), (3, 8, 3, 1, 15, False), (2, 4, 3, 0, 9, True)],
-)
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_conv_maxpool2x2_equals_conv_then_maxpool(
-    c_in: int, c_out: int, k: int, pad: int, side: int, bias: bool, channels_last: bool
-) -> None:
-    """One stride-2 conv over the pooling phases: max_pool2d(conv(x), 2)'s values (odd sizes cropped)."""
-    torch.manual_seed(0)
-    conv = nn.Conv2d(c_in, c_out, k, padding=pad, bias=bias)
-    x = torch.randn(5, c_in, side, side)
-    if channels_last:
-        conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        reference = nn.functional.max_pool2d(conv(x), 2)
-        fused = conv_maxpool2x2(x, conv)
-    assert fused.shape == reference.shape
-    torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
-    with pytest.raises(AssertionError, match="stride-1"):
-        conv_maxpool2x2(x, nn.Conv2d(c_in, c_out, k, stride=2))
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -73,15 +73,8 @@ def test_maxpool2x2_takes_unbatched_odd_maps_on_both_paths() -> None:
     assert torch.equal(MaxPool2x2()(x.requires_grad_(True)), nn.functional.max_pool2d(x, 2))
 
 
-@pytest.mark.parametrize("kernel, padding", [((3, 5), (1, 0)), ((5, 3), (0, 1)), ((3, 5), (1, 2))])
-@pytest.mark.parametrize("size", [(12, 11), (11, 12)])
-@pytest.mark.parametrize("bias, channels_last", [(True, False), (False, True)])
-def test_conv_maxpool2x2_with_rectangular_kernels_and_one_sided_padding(
-    kernel, padding, size, bias, channels_last
-) -> None:
-    torch.manual_seed(0)
-    conv = nn.Conv2d(2, 4, kernel, padding=padding, bias=bias)
-    x = torch.randn(3, 2, *size)
+def assert_fused_pool_matches(conv: nn.Conv2d, x: torch.Tensor, channels_last: bool) -> None:
+    """conv_maxpool2x2 gives max_pool2d(conv(x), 2)'s values and shape, in either memory format."""
     if channels_last:
         conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -89,6 +82,33 @@ def test_conv_maxpool2x2_with_rectangular_kernels_and_one_sided_padding(
         fused = conv_maxpool2x2(x, conv)
     assert fused.shape == reference.shape
     torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "c_in, c_out, k, pad, side, bias",
+    [(1, 6, 5, 2, 28, True), (6, 16, 5, 0, 14, True), (3, 8, 3, 1, 15, False), (2, 4, 3, 0, 9, True)],
+)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_maxpool2x2_equals_conv_then_maxpool(
+    c_in: int, c_out: int, k: int, pad: int, side: int, bias: bool, channels_last: bool
+) -> None:
+    """One stride-2 conv over the pooling phases: max_pool2d(conv(x), 2)'s values (odd sizes cropped)."""
+    torch.manual_seed(0)
+    x = torch.randn(5, c_in, side, side)
+    assert_fused_pool_matches(nn.Conv2d(c_in, c_out, k, padding=pad, bias=bias), x, channels_last)
+    with pytest.raises(AssertionError, match="stride-1"):
+        conv_maxpool2x2(x, nn.Conv2d(c_in, c_out, k, stride=2))
+
+
+@pytest.mark.parametrize("kernel, padding", [((3, 5), (1, 0)), ((5, 3), (0, 1)), ((3, 5), (1, 2))])
+@pytest.mark.parametrize("size", [(12, 11), (11, 12)])
+@pytest.mark.parametrize("bias, channels_last", [(True, False), (False, True)])
+def test_conv_maxpool2x2_with_rectangular_kernels_and_one_sided_padding(
+    kernel, padding, size, bias, channels_last
+) -> None:
+    torch.manual_seed(0)
+    assert_fused_pool_matches(nn.Conv2d(2, 4, kernel, padding=padding, bias=bias), torch.randn(3, 2, *size),
+                              channels_last)  # fmt: skip
 
 
 def test_conv_maxpool2x2_refuses_what_it_cannot_fuse() -> None:

@@ -16,7 +16,7 @@ from mmdigits.models.finetune import FreezeExperts
 from mmdigits.models.loading import load_checkpoint_model
 from mmdigits.models.module import MultimodalModule
 from mmdigits.models.pretrained import StartFromExperts
-from tests.hydra_utils import compose_cfg
+from tests.hydra_utils import compose_cfg, plain_unless_a_recipe
 from tests.trained_runs import FAST, trained_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,7 +33,8 @@ def expert(tmp_path_factory, tiny_dataset_dir):
 
 def build(data_dir, *overrides):
     """The model and datamodule of a train config (tiny data, audio_only) with ``overrides``."""
-    cfg = compose_cfg("train", [f"data.dir={data_dir}", *FAST, "model=audio_only", *overrides])
+    plain = plain_unless_a_recipe(overrides)
+    cfg = compose_cfg("train", [*plain, f"data.dir={data_dir}", *FAST, "model=audio_only", *overrides])
     return instantiate(cfg.model), instantiate(cfg.data, _convert_="all")
 
 

@@ -20,7 +20,7 @@ from mmdigits.models.loading import read_checkpoint
 from mmdigits.predict import predict
 from mmdigits.train import train
 from mmdigits.utils.run import PREDICTIONS_FILE
-from tests.hydra_utils import compose_cfg
+from tests.hydra_utils import compose_cfg, plain_unless_a_recipe
 from tests.synthetic import write_challenge_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,8 +41,8 @@ QUIET = ["~callbacks.rich_progress_bar", "trainer.enable_model_summary=false"]
 
 def train_overrides(data_dir: Path, *extra: str) -> list[str]:
     """The plain training (``~experiment``): the default run's recipe is tested on its own, below."""
-    recipe = [] if any(e.startswith("experiment=") for e in extra) else ["~experiment"]
-    return [*recipe, f"data.dir={data_dir}", "data.batch_size=32", "data.eval_batch_size=64", *QUIET, *extra]
+    batches = ["data.batch_size=32", "data.eval_batch_size=64"]
+    return [*plain_unless_a_recipe(extra), f"data.dir={data_dir}", *batches, *QUIET, *extra]
 
 
 def run_train(tmp_path: Path, data_dir: Path, *extra: str) -> dict:

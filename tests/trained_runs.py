@@ -13,10 +13,9 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from mmdigits.train import train
-from tests.hydra_utils import compose_cfg
+from tests.hydra_utils import compose_cfg, plain_unless_a_recipe
 
 FAST = [
-    "~experiment",  # plain training: the default run's EMA (decay 0.99) barely moves in a tiny run's steps
     "data.batch_size=32",
     "data.eval_batch_size=64",
     "~callbacks.rich_progress_bar",
@@ -43,8 +42,7 @@ def write_hydra_files(cfg: Any, overrides: list[str], out: Path) -> None:
 
 def trained_run(root: Path, name: str, data_dir: Path, *extra: str) -> dict[str, Any]:
     """Train (once per session) into ``root/name``: ``{"dir", "metrics", "ckpt"}``."""
-    fast = [o for o in FAST if o != "~experiment" or not any(e.startswith("experiment=") for e in extra)]
-    overrides = [f"data.dir={data_dir}", *fast, *extra]
+    overrides = [*plain_unless_a_recipe(extra), f"data.dir={data_dir}", *FAST, *extra]
     key = (name, *overrides)
     if key not in _CACHE:
         out = root / name
