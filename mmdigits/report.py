@@ -27,7 +27,8 @@ from mmdigits.utils.io import atomic_write_bytes
 
 # ----------------------------------------------------------------------------- report
 GROUP_COLUMNS = {"test/acc": "test acc", "test/f1": "test F1", "test/auroc": "test AUROC",
-                 "val/acc_best": "best val acc", "params": "parameters", "train/pairs_per_s": "train pairs/s",
+                 "val/acc": "val acc", "val/acc_best": "best val acc", "params": "parameters",
+                 "train/pairs_per_s": "train pairs/s",
                  "test/pairs_per_s": "inference pairs/s", "test/acc_image_missing": "acc, image missing",
                  "test/acc_audio_missing": "acc, audio missing"}  # fmt: skip
 
@@ -52,7 +53,7 @@ def write_report(
         if c in df and df[c].notna().any() and (c != "seed" or df[c].nunique() > 1)
     ]
     cols += [metric] if metric not in cols else []
-    groups = seed_groups(df).rename(columns=GROUP_COLUMNS)
+    groups = seed_groups(df, metric=metric).rename(columns=GROUP_COLUMNS)
     plot_curves(df, out / "curves.png")
     tested = "test/acc" in df and df["test/acc"].notna().any()  # a search on validation never looks at test
     how = write_confusion(df.iloc[0], out / "confusion.png") if tested else None

@@ -34,6 +34,13 @@ def test_markdown_table_formats_and_aligns():
     assert lines[3].startswith("| c | – |")
 
 
+def test_a_fold_or_seed_column_with_gaps_shows_whole_numbers():
+    """Runs on the corpus split have no fold: pandas stores the column as floats, which are still folds."""
+    df = pd.DataFrame({"run": ["corpus", "fold3"], "seed": [1, 0], "fold": [None, 3], "epochs": [18.0, None]})
+    assert df["fold"].dtype == float
+    assert markdown_table(df).splitlines()[2:] == ["| corpus | 1 | – | 18 |", "| fold3 | 0 | 3 | – |"]
+
+
 def test_seed_groups_mean_std_ignore_seed_only():
     cfg = lambda seed, fusion: {"seed": seed, "data.seed": seed, "model.fusion": fusion}  # noqa: E731
     df = pd.DataFrame(
@@ -51,6 +58,22 @@ def test_seed_groups_mean_std_ignore_seed_only():
     row = groups.iloc[0]
     assert row["group"] == "fusion=late" and row["n"] == 2 and row["seeds"] == "0,1"
     assert row["test/acc"] == f"0.7000 ± {np.std([0.8, 0.6], ddof=1):.4f}"
+
+
+def test_seed_groups_are_sorted_by_the_reports_metric_and_show_it():
+    """A study decided on the last epoch's ``val/acc`` is sorted by it, not by the best epoch's."""
+    df = pd.DataFrame(
+        {
+            "group": ["a", "a", "b", "b"],
+            "seed": [0, 1, 0, 1],
+            "val/acc": [0.90, 0.92, 0.95, 0.97],
+            "val/acc_best": [0.99, 0.99, 0.96, 0.98],
+        }
+    )
+    assert seed_groups(df)["group"].tolist() == ["a", "b"]  # without a metric: the best epoch's
+    groups = seed_groups(df, metric="val/acc")
+    assert groups["group"].tolist() == ["b", "a"]
+    assert groups["val/acc"].tolist() == ["0.9600 ± 0.0141", "0.9100 ± 0.0141"]
 
 
 def test_groups_are_named_by_the_choices_that_tell_them_apart():

@@ -199,9 +199,10 @@ def _mean_std(values: pd.Series, col: str) -> str | None:
     return f"{vals.mean():,.{digits}f}{std}"
 
 
-def seed_groups(df: pd.DataFrame, min_runs: int = 2) -> pd.DataFrame:
+def seed_groups(df: pd.DataFrame, min_runs: int = 2, metric: str | None = None) -> pd.DataFrame:
     """Per group (runs that differ only by seed, at least ``min_runs``): mean ± std (sample std) over seeds of
-    :data:`SUMMARY_METRICS`, sorted by mean test accuracy (else best validation accuracy)."""
+    ``metric`` and :data:`SUMMARY_METRICS`, sorted by the mean of ``metric`` (default: test accuracy, else
+    best validation accuracy)."""
     if "group" not in df:
         df = df.assign(group=group_labels(df)) if len(df) else df.assign(group=[])
     rows = []
@@ -210,9 +211,11 @@ def seed_groups(df: pd.DataFrame, min_runs: int = 2) -> pd.DataFrame:
             continue
         seeds = ",".join(map(str, sorted(sub["seed"], key=lambda x: (x is None, x))))
         row: dict[str, Any] = {"group": label, "n": len(sub), "seeds": seeds}
-        row.update({m: _mean_std(sub[m], m) if m in sub else None for m in SUMMARY_METRICS})
-        key = "test/acc" if "test/acc" in sub and sub["test/acc"].notna().any() else "val/acc_best"
-        row["_sort"] = pd.to_numeric(sub[key], errors="coerce").mean()
+        shown = SUMMARY_METRICS if metric in (None, *SUMMARY_METRICS) else [metric, *SUMMARY_METRICS]
+        row.update({m: _mean_std(sub[m], m) if m in sub else None for m in shown})
+        tested = "test/acc" in sub and sub["test/acc"].notna().any()
+        key = metric or ("test/acc" if tested else "val/acc_best")
+        row["_sort"] = pd.to_numeric(sub[key], errors="coerce").mean() if key in sub else math.nan
         rows.append(row)
     out = pd.DataFrame(rows)
     if out.empty:
@@ -224,10 +227,15 @@ def seed_groups(df: pd.DataFrame, min_runs: int = 2) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- markdown
+COUNTS = ("seed", "fold", "epochs", "global_step")
+
+
 def _fmt(v: Any, col: str = "") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, (float, np.floating)):
+        if col in COUNTS and float(v).is_integer():  # a count column with gaps is stored as floats
+            return str(int(v))
         if col.endswith("pairs_per_s"):
             return f"{v:,.0f}"
         return f"{v:.1f}" if col.endswith("_s") else f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}"
