@@ -82,7 +82,7 @@ def test_data_bench_reports_build_time_and_loader_speed(
 def test_peers_bench_says_how_to_install_a_missing_peer(tiny_dataset_dir, monkeypatch):
     import builtins
 
-    from mmdigits.bench import peers
+    from mmdigits.bench import references
 
     real_import = builtins.__import__
 
@@ -92,7 +92,7 @@ def test_peers_bench_says_how_to_install_a_missing_peer(tiny_dataset_dir, monkey
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_aeon)
-    assert peers.minirocket(None) == {"missing": 'aeon is not installed: pip install -e ".[peers]"'}
+    assert references.minirocket(None) == {"missing": 'aeon is not installed: pip install -e ".[peers]"'}
 
 
 def test_each_unimodal_digit_task_gets_the_peer_of_its_modality() -> None:

@@ -26,8 +26,8 @@ import pandas as pd
 
 from mmdigits.analysis import stats
 from mmdigits.analysis.runs import markdown_table
+from mmdigits.search import JOURNAL_FILE  # the package itself imports no optuna
 
-JOURNAL_FILE = "optuna.journal"  # as mmdigits.search.study writes it (that module needs optuna to import)
 BEST_TEST_DIR = "best_trial_test"
 STATES = ("complete", "pruned", "fail", "running", "waiting")
 

@@ -39,6 +39,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mmdigits.bench.common import compose
+from mmdigits.bench.references import minirocket
 
 RULES = {
     "soft": "experts composed, soft: sum_k p_img(k) p_aud(k) >= 0.5",
@@ -108,7 +109,6 @@ def minirocket_on_audio_expert(recipe_cfg: Any) -> dict[str, Any]:
     """aeon's MiniRocket on the audio expert's data (``{"missing": hint}`` without aeon)."""
     from hydra.utils import instantiate
 
-    from mmdigits.bench.peers import minirocket
     from mmdigits.from_experts import expert_overrides
 
     dm = instantiate(compose(expert_overrides(recipe_cfg, "audio")).data, _convert_="all")

@@ -5,3 +5,5 @@ study's books (the worker locks, interrupted trials, the budget), ``sweeper`` ru
 launcher and ``pruning`` is the Lightning callback that reports each epoch to the trial. Hydra finds the
 sweeper through ``hydra_plugins/mmdigits_optuna_sweeper``.
 """
+
+JOURNAL_FILE = "optuna.journal"  # the study's storage in its sweep directory (optuna's JournalStorage)

@@ -33,10 +33,10 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from mmdigits.errors import MMDigitsError
+from mmdigits.search import JOURNAL_FILE
 
 log = logging.getLogger("mmdigits.search")
 
-JOURNAL_FILE = "optuna.journal"
 WORKERS_DIR = ".workers"
 ASK_LOCK = "ask.lock"
 # states that count toward n_trials (see counted)
