@@ -336,34 +336,20 @@ def write_index(experiments: Path) -> Path:
     kept); the results block of the README beside ``experiments`` follows it."""
     rows = []
     for record, s in summaries(experiments):
+        common = {"record": f"[{s['name']}]({record.name}/README.md)", "command": f"`{s['command']}`"}
+        machine_name = machine(s.get("environments") or [])
         if not s["groups"]:  # its runs never read the test split: validation decided, by its metric
-            rows.append(
-                {
-                    "record": f"[{s['name']}]({record.name}/README.md)",
-                    "recipe": f"validation only (`{s.get('metric', 'val/acc')}`)",
-                    "command": f"`{s['command']}`",
-                    "runs": s.get("runs", "–"),
-                    "test acc (mean)": "–",
-                    "95 % CI over runs": "–",
-                    "time per run": "–",
-                    "inference pairs/s": "–",
-                    "machine": machine(s.get("environments") or []),
-                }
-            )
+            rows.append({**common, "recipe": f"validation only (`{s.get('metric', 'val/acc')}`)",
+                         "runs": s.get("runs", "–"), "test acc (mean)": "–", "95 % CI over runs": "–",
+                         "time per run": "–", "inference pairs/s": "–", "machine": machine_name})  # fmt: skip
         for g in s["groups"]:
-            rows.append(
-                {
-                    "record": f"[{s['name']}]({record.name}/README.md)",
-                    "recipe": g["group"],
-                    "command": f"`{s['command']}`",
-                    "runs": g["n"],
-                    "test acc (mean)": f"{g['mean']:.4f}",
-                    "95 % CI over runs": _ci(*g["ci_seeds"]),
-                    "time per run": _time(g),
-                    "inference pairs/s": _rate(g),
-                    "machine": machine(s.get("environments") or []),
-                }
-            )
+            rows.append({**common, "recipe": g["group"], "runs": g["n"],
+                         "test acc (mean)": f"{g['mean']:.4f}", "95 % CI over runs": _ci(*g["ci_seeds"]),
+                         "time per run": _time(g),
+                         "inference pairs/s": _rate(g), "machine": machine_name})  # fmt: skip
+    columns = ["record", "recipe", "command", "runs", "test acc (mean)", "95 % CI over runs", "time per run",
+               "inference pairs/s", "machine"]  # fmt: skip
+    rows = [{c: r[c] for c in columns} for r in rows]
     readme = experiments / "README.md"
     head = readme.read_text().split(INDEX_MARKER)[0].rstrip() if readme.is_file() else "# Experiments"
     table = markdown_table(pd.DataFrame(rows)) if rows else "No record has been generated yet."
