@@ -63,6 +63,7 @@ class Expert:
     wall_time_s: float  # its own run's (the time it took to train, whenever it did)
     temperature: float  # fitted on its own validation part
     calibration_s: float
+    validation: dict[str, float]  # there: acc, and ece / nll before and after the temperature (_scaled)
 
 
 def wanted(cfg: DictConfig) -> dict[str, list[str]]:
@@ -167,9 +168,9 @@ def find_or_train(cfg: DictConfig, modality: str, train: Callable[[DictConfig], 
                 train(expert)
         metrics = json.loads((directory / "metrics.json").read_text())
         checkpoint = directory / "checkpoints" / Path(str(metrics["best_model_path"])).name
-        temperature, calibration_s = expert_temperature(expert, directory, checkpoint)
+        fit = expert_temperature(expert, directory, checkpoint)
     return Expert(modality, str(directory), digest, str(checkpoint), status, float(metrics["wall_time_s"]),
-                  temperature, calibration_s)  # fmt: skip
+                  float(fit["temperature"]), float(fit["seconds"]), fit["val"])  # fmt: skip
 
 
 @contextmanager
@@ -187,14 +188,14 @@ def log_file(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def expert_temperature(expert: DictConfig, directory: Path, checkpoint: Path) -> tuple[float, float]:
+def expert_temperature(expert: DictConfig, directory: Path, checkpoint: Path) -> dict[str, Any]:
     """The temperature of ``checkpoint`` fitted on its run's validation part (``calibration.json``, fitted
-    once), and the seconds the fit took."""
+    once): ``temperature``, ``seconds`` (the fit's) and ``val`` (the scores there before and after it)."""
     path = directory / CALIBRATION_FILE
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("checkpoint") == checkpoint.name:
-            return float(saved["temperature"]), float(saved["seconds"])
+            return saved
     start = time.perf_counter()
     model = load_checkpoint_model(checkpoint)
     dm = instantiate(expert.data, _convert_="all")
@@ -209,7 +210,7 @@ def expert_temperature(expert: DictConfig, directory: Path, checkpoint: Path) ->
     log.info(
         "expert %s: temperature %.3f on its %d validation items", directory.name, temperature, len(targets)
     )
-    return temperature, seconds
+    return report
 
 
 def find_or_train_experts(

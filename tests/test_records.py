@@ -165,6 +165,19 @@ def test_composition_rows_sit_beside_the_fused_model_per_seed_and_in_the_mean(tm
     assert "temperatures" not in text
 
 
+def test_each_experts_calibration_is_shown_per_seed_beside_its_accuracy(tmp_path):
+    val = {"acc": 0.9986, "ece": 0.0934, "ece_scaled": 0.0027, "nll": 0.1081, "nll_scaled": 0.0052}
+    experts = {"audio": {"temperature": 0.175, "validation": val}, "image": {"temperature": 0.466}}
+    d = tmp_path / "s0"
+    d.mkdir()
+    comp = {"soft": {"acc": 0.99}}
+    (d / "metrics.json").write_text(json.dumps({"test/acc": 0.99, "composition": comp, "experts": experts}))
+    df = runs_frame([str(d)]).assign(group="g", seed=[0])
+    text = "\n".join(records.composition_section(df))
+    assert "| g | 0 | audio | 0.9986 | 0.175 | 0.0934 | 0.0027 | 0.1081 | 0.0052 |" in text
+    assert "| g | 0 | image |" not in text  # an expert recorded before its calibration was: no row
+
+
 def test_a_record_that_compares_its_recipe_with_others_is_indexed_by_its_own_runs(tmp_path):
     exp = tmp_path / "experiments" / "mine"
     exp.mkdir(parents=True)

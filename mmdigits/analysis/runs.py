@@ -133,7 +133,9 @@ def load_run(run_dir: Path, root: Path | None = None) -> dict[str, Any]:
         "wall_time_s": metrics.get("wall_time_s"),
     }
     row.update({k: v for k, v in metrics.items() if "/" in k})
-    row.update({k: metrics.get(k) for k in ("environment", "composition")})  # what the records show
+    row.update(
+        {k: metrics.get(k) for k in ("environment", "composition", "experts")}
+    )  # what the records show
     row.update({"dir": str(run_dir), "ckpt": str(ckpt) if ckpt else None, "overrides": " ".join(overrides)})
     row["config"], row["choices"] = cfg, descriptors(choices, overrides)
     return row
