@@ -247,7 +247,7 @@ def expert_calibration(df: pd.DataFrame) -> list[str]:
         return []
     return ["Each expert on its own validation part: accuracy, its temperature T, and the expected",
             "calibration error (15 bins) and negative log-likelihood before and after T.", "",
-            markdown_table(pd.DataFrame(rows)), ""]  # fmt: skip
+            markdown_table(pd.DataFrame(rows).sort_values(["group", "seed", "expert"])), ""]  # fmt: skip
 
 
 def environments(df: pd.DataFrame) -> list[dict[str, Any]]:
