@@ -151,7 +151,7 @@ def compare_with_experts(args: argparse.Namespace, data: list[str]) -> int:
         rows.append(("aeon MiniRocket (random_state=0), audio digits only", f"{peer['acc']:.4f}", "",
                      f"{peer['errors']}/{peer['n']}", f"{peer['fit_s']:.1f}", "",
                      "its fit on the audio expert's training speakers, in this command"))  # fmt: skip
-        ratio = {"fit_s": peer["fit_s"]}
+        ratio = {"fit_s": float(f"{peer['fit_s']:.1f}")}  # as printed: every multiple from printed times
     threads = torch.get_num_threads()
     print(f"\nmatch, {n} test pairs of {data_dir}; torch {torch.__version__}, {threads} threads")
     if args.overrides:
@@ -160,6 +160,6 @@ def compare_with_experts(args: argparse.Namespace, data: list[str]) -> int:
     print("| model | test acc | F1 | errors / pairs | wall s | pairs/s | notes | wall s / MiniRocket's fit |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        times = f"{float(r[4]) / ratio['fit_s']:.1f}×" if ratio and r[4] else ""
+        times = f"{float(r[4]) / ratio['fit_s']:.1f}×" if ratio.get("fit_s") and r[4] else ""
         print("| " + " | ".join([*r, times]) + " |")
     return 0
