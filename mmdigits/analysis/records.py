@@ -351,25 +351,41 @@ def update_readme(readme: Path, experiments: Path) -> bool:
     return True
 
 
+def _index_row(
+    record: Path,
+    s: dict[str, Any],
+    recipe: str,
+    runs: Any,
+    acc: str = "–",
+    ci: str = "–",
+    time: str = "–",
+    rate: str = "–",
+) -> dict[str, Any]:
+    """One row of the index: a group of record ``record`` (summary ``s``), or its validation-only line."""
+    return {
+        "record": f"[{s['name']}]({record.name}/README.md)",
+        "recipe": recipe,
+        "command": f"`{s['command']}`",
+        "runs": runs,
+        "test acc (mean)": acc,
+        "95 % CI over runs": ci,
+        "time per run": time,
+        "inference pairs/s": rate,
+        "machine": machine(s.get("environments") or []),
+    }
+
+
 def write_index(experiments: Path) -> Path:
     """``experiments/README.md``: one row per group of every record's summary.json (text above the marker
     kept); the results block of the README beside ``experiments`` follows it."""
     rows = []
     for record, s in summaries(experiments):
-        common = {"record": f"[{s['name']}]({record.name}/README.md)", "command": f"`{s['command']}`"}
-        machine_name = machine(s.get("environments") or [])
         if not s["groups"]:  # its runs never read the test split: validation decided, by its metric
-            rows.append({**common, "recipe": f"validation only (`{s.get('metric', 'val/acc')}`)",
-                         "runs": s.get("runs", "–"), "test acc (mean)": "–", "95 % CI over runs": "–",
-                         "time per run": "–", "inference pairs/s": "–", "machine": machine_name})  # fmt: skip
+            validation = f"validation only (`{s.get('metric', 'val/acc')}`)"
+            rows.append(_index_row(record, s, validation, s.get("runs", "–")))
         for g in s["groups"]:
-            rows.append({**common, "recipe": g["group"], "runs": g["n"],
-                         "test acc (mean)": f"{g['mean']:.4f}", "95 % CI over runs": _ci(*g["ci_seeds"]),
-                         "time per run": _time(g),
-                         "inference pairs/s": _rate(g), "machine": machine_name})  # fmt: skip
-    columns = ["record", "recipe", "command", "runs", "test acc (mean)", "95 % CI over runs", "time per run",
-               "inference pairs/s", "machine"]  # fmt: skip
-    rows = [{c: r[c] for c in columns} for r in rows]
+            rows.append(_index_row(record, s, g["group"], g["n"], f"{g['mean']:.4f}", _ci(*g["ci_seeds"]),
+                                   _time(g), _rate(g)))  # fmt: skip
     readme = experiments / "README.md"
     head = readme.read_text().split(INDEX_MARKER)[0].rstrip() if readme.is_file() else "# Experiments"
     table = markdown_table(pd.DataFrame(rows)) if rows else "No record has been generated yet."

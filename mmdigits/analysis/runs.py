@@ -30,6 +30,7 @@ SUMMARY_METRICS = ["test/acc", "test/f1", "test/auroc", "val/acc_best", "params"
                    "test/pairs_per_s", "test/acc_image_missing", "test/acc_audio_missing"]  # fmt: skip
 # the order in which choices name a group (a recipe first); any other differing choice or override follows
 NAMING = ("experiment", "fusion", "audio_encoder", "image_encoder", "task", "model", "module", "data")
+SHOWN_AS_IS = ("environment", "composition", "experts")  # metrics.json entries the records show whole
 NOT_NAMES = ("seed", "hydra", "paths", "data.dir", "data.raw_dir", "data.fold", "ckpt_path", "overwrite")
 
 
@@ -133,9 +134,7 @@ def load_run(run_dir: Path, root: Path | None = None) -> dict[str, Any]:
         "wall_time_s": metrics.get("wall_time_s"),
     }
     row.update({k: v for k, v in metrics.items() if "/" in k})
-    row.update(
-        {k: metrics.get(k) for k in ("environment", "composition", "experts")}
-    )  # what the records show
+    row.update({k: metrics.get(k) for k in SHOWN_AS_IS})
     row.update({"dir": str(run_dir), "ckpt": str(ckpt) if ckpt else None, "overrides": " ".join(overrides)})
     row["config"], row["choices"] = cfg, descriptors(choices, overrides)
     return row

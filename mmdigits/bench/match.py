@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from mmdigits.bench.common import compose
+from mmdigits.bench.common import compose, ready_datamodule
 from mmdigits.bench.references import minirocket
 
 RULES = {
@@ -107,15 +107,9 @@ def rows_of_seed(recipe: dict[str, Any], default: dict[str, Any], label: str) ->
 
 def minirocket_on_audio_expert(recipe_cfg: Any) -> dict[str, Any]:
     """aeon's MiniRocket on the audio expert's data (``{"missing": hint}`` without aeon)."""
-    from hydra.utils import instantiate
-
     from mmdigits.from_experts import expert_overrides
 
-    dm = instantiate(compose(expert_overrides(recipe_cfg, "audio")).data, _convert_="all")
-    dm.prepare_data()
-    dm.setup("fit")
-    dm.setup("test")
-    return minirocket(dm)
+    return minirocket(ready_datamodule(compose(expert_overrides(recipe_cfg, "audio")).data))
 
 
 def compare_with_experts(args: argparse.Namespace, data: list[str]) -> int:
@@ -146,12 +140,11 @@ def compare_with_experts(args: argparse.Namespace, data: list[str]) -> int:
     peer = minirocket_on_audio_expert(recipe_cfg)
     if "missing" in peer:
         rows.append(("aeon MiniRocket (random_state=0): not installed", "", "", "", "", "", peer["missing"]))
-        ratio = {}
     else:
         rows.append(("aeon MiniRocket (random_state=0), audio digits only", f"{peer['acc']:.4f}", "",
                      f"{peer['errors']}/{peer['n']}", f"{peer['fit_s']:.1f}", "",
                      "its fit on the audio expert's training speakers, in this command"))  # fmt: skip
-        ratio = {"fit_s": float(f"{peer['fit_s']:.1f}")}  # as printed: every multiple from printed times
+    fit_s = float(f"{peer['fit_s']:.1f}") if "fit_s" in peer else 0.0  # as printed: multiples of what shows
     threads = torch.get_num_threads()
     print(f"\nmatch, {n} test pairs of {data_dir}; torch {torch.__version__}, {threads} threads")
     if args.overrides:
@@ -160,6 +153,6 @@ def compare_with_experts(args: argparse.Namespace, data: list[str]) -> int:
     print("| model | test acc | F1 | errors / pairs | wall s | pairs/s | notes | wall s / MiniRocket's fit |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        times = f"{float(r[4]) / ratio['fit_s']:.1f}×" if ratio.get("fit_s") and r[4] else ""
+        times = f"{float(r[4]) / fit_s:.1f}×" if fit_s and r[4] else ""
         print("| " + " | ".join([*r, times]) + " |")
     return 0

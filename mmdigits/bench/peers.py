@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from mmdigits.bench.common import compose, quiet_logging
+from mmdigits.bench.common import compose, quiet_logging, ready_datamodule
 from mmdigits.bench.references import minirocket, svc
 from mmdigits.tasks import TASKS, Task, get_task
 
@@ -152,7 +152,6 @@ def compare_on_folds(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     """Both on each speaker fold (``data=speaker_folds data.folds=K data.fold=i``); every fold, the mean over
     folds with its t interval, and the paired differences: McNemar's test per fold and seed, and a paired
     permutation test with the folds' utterances pooled (our seeds averaged per utterance)."""
-    from hydra.utils import instantiate
 
     from mmdigits.analysis import stats
 
@@ -165,10 +164,7 @@ def compare_on_folds(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         peer = peer_for(get_task(cfg.data.task))
         if peer is None:
             parser.error(f"experiment={args.experiment}: --folds compares the unimodal recipes with a peer")
-        dm = instantiate(cfg.data, _convert_="all")
-        dm.prepare_data()
-        dm.setup("fit")
-        dm.setup("test")
+        dm = ready_datamodule(cfg.data)
         result = peer.fit_and_score(dm)
         if "missing" in result:
             parser.error(result["missing"])
@@ -233,7 +229,6 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     if args.folds:
         return compare_on_folds(args, parser)
-    from hydra.utils import instantiate
 
     data = [f"data.dir={args.data_dir}"] if args.data_dir else []
     cfg = compose([f"experiment={args.experiment}", *args.overrides, *data])
@@ -253,10 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             f"tasks {with_peer} (e.g. --experiment audio_only or --experiment image_only), and for match "
             "recipes that start from experts (--experiment match_from_experts)"
         )
-    dm = instantiate(cfg.data, _convert_="all")
-    dm.prepare_data()
-    dm.setup("fit")
-    dm.setup("test")
+    dm = ready_datamodule(cfg.data)
     n_train, n_test = len(dm.train_set) + len(dm.val_set), len(dm.test_set)
 
     rows = []
