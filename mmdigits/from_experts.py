@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -36,6 +37,7 @@ from hydra.core.utils import JobRuntime
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from mmdigits.data.splits import image_keys
 from mmdigits.errors import MMDigitsError
 from mmdigits.models.calibration import collect_logits, fit_temperature, scores
 from mmdigits.models.composition import composition_scores, expert_logits
@@ -64,6 +66,7 @@ class Expert:
     temperature: float  # fitted on its own validation part
     calibration_s: float
     validation: dict[str, float]  # there: acc, and ece / nll before and after the temperature (_scaled)
+    shared_with_validation: dict[str, int]  # what it trained on that the recipe validates on (0: nothing)
 
 
 def wanted(cfg: DictConfig) -> dict[str, list[str]]:
@@ -169,8 +172,37 @@ def find_or_train(cfg: DictConfig, modality: str, train: Callable[[DictConfig], 
         metrics = json.loads((directory / "metrics.json").read_text())
         checkpoint = directory / "checkpoints" / Path(str(metrics["best_model_path"])).name
         fit = expert_temperature(expert, directory, checkpoint)
+        shared = shared_with_validation(fitted_datamodule(expert.data), fitted_datamodule(cfg.data), modality)
+    if any(shared.values()):
+        log.warning("expert %s trained on %s of this run's validation part: its choices lean to that expert",
+                    modality, shared)  # fmt: skip
     return Expert(modality, str(directory), digest, str(checkpoint), status, float(metrics["wall_time_s"]),
-                  float(fit["temperature"]), float(fit["seconds"]), fit["val"])  # fmt: skip
+                  float(fit["temperature"]), float(fit["seconds"]), fit["val"], shared)  # fmt: skip
+
+
+def fitted_datamodule(data: DictConfig) -> Any:
+    dm = instantiate(data, _convert_="all")
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def shared_with_validation(expert_dm: Any, recipe_dm: Any, modality: str) -> dict[str, int]:
+    """What the recipe's validation part shares with the part an expert trained on (both datamodules set up
+    for fit): an image expert's images, by their pixels; an audio expert's speakers, or its utterances by
+    content where a build has no speaker ids."""
+    theirs, ours = expert_dm.data.train, recipe_dm.data.train
+    trained, val = expert_dm.parts.train, recipe_dm.parts.val
+    if modality == "image":
+        return {
+            "images": len(np.intersect1d(image_keys(theirs.written[trained]), image_keys(ours.written[val])))
+        }
+    if theirs.speaker is not None and ours.speaker is not None:
+        return {"speakers": len(np.intersect1d(theirs.speaker[trained], ours.speaker[val]))}
+    seen, held = (
+        {split.spoken(r).tobytes() for r in rows} for split, rows in ((theirs, trained), (ours, val))
+    )
+    return {"utterances": len(seen & held)}
 
 
 @contextmanager
@@ -198,9 +230,7 @@ def expert_temperature(expert: DictConfig, directory: Path, checkpoint: Path) ->
             return saved
     start = time.perf_counter()
     model = load_checkpoint_model(checkpoint)
-    dm = instantiate(expert.data, _convert_="all")
-    dm.prepare_data()
-    dm.setup("fit")
+    dm = fitted_datamodule(expert.data)
     logits, targets = collect_logits(model, dm.val_dataloader())
     temperature = fit_temperature(logits, targets)
     seconds = time.perf_counter() - start
@@ -243,22 +273,20 @@ def record(experts: dict[str, Expert]) -> dict[str, Any]:
     return {m: asdict(e) for m, e in experts.items()}
 
 
-def composition_report(
-    experts: dict[str, Expert], datamodule: Any, device: Any = "cpu"
-) -> dict[str, Any] | None:
-    """The image and audio experts composed on ``datamodule``'s test pairs (None unless both are experts):
-    each rule's scores, the temperatures, and the experts' inference seconds and pairs/s."""
+def composition_report(experts: dict[str, Expert], loader: Any, device: Any = "cpu") -> dict[str, Any] | None:
+    """The image and audio experts composed on ``loader``'s pairs (None unless both are experts): each rule's
+    scores, the temperatures, and the experts' inference seconds and pairs/s."""
     if set(experts) != {"image", "audio"}:
         return None
     models = [load_checkpoint_model(experts[m].checkpoint) for m in ("image", "audio")]
-    (img, aud), targets, seconds = expert_logits(models, datamodule.test_dataloader(), device)
+    (img, aud), targets, seconds = expert_logits(models, loader, device)
     temperatures = [experts["image"].temperature, experts["audio"].temperature]
     report: dict[str, Any] = composition_scores(img, aud, targets, temperatures)
     report["temperatures"] = {"image": temperatures[0], "audio": temperatures[1]}
     report["inference_s"] = sum(seconds)
     report["pairs_per_s"] = len(targets) / sum(seconds) if sum(seconds) > 0 else None
     for rule in ("soft", "calibrated", "hard"):
-        log.info("composed experts, %s: test acc %.4f (%d/%d wrong)", rule, report[rule]["acc"],
+        log.info("composed experts, %s: acc %.4f (%d/%d wrong)", rule, report[rule]["acc"],
                  report[rule]["errors"], report[rule]["n"])  # fmt: skip
     return report
 

@@ -113,6 +113,10 @@ def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
     metrics: dict[str, Any] = metrics_to_floats(trainer.callback_metrics)
 
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+    if experts and trainer.is_global_zero and datamodule.val_set is not None:  # where fusing meets composing
+        device = from_experts.composition_device(cfg)
+        loader = datamodule.val_dataloader()
+        metrics["composition_validation"] = from_experts.composition_report(experts, loader, device)
     if cfg.get("test", True) and datamodule.has_test_labels:
         ckpt = best if best and not trainer.fast_dev_run else None
         if ckpt is None:
@@ -127,7 +131,8 @@ def _train(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
             metrics.update(missing_modality_accuracy(model, datamodule.whole_test_dataloader()))
         if experts and trainer.is_global_zero:  # the experts composed, on the same test pairs
             device = from_experts.composition_device(cfg)
-            metrics["composition"] = from_experts.composition_report(experts, datamodule, device)
+            loader = datamodule.test_dataloader()
+            metrics["composition"] = from_experts.composition_report(experts, loader, device)
     elif cfg.get("test", True):
         log.warning("data.dir has no test labels (%s): skipping the test stage", model.task.test_label_file)
 

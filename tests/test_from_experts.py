@@ -33,7 +33,7 @@ QUIET = [
     "~callbacks.rich_progress_bar",
 ]
 # the experts with small encoders (the recipe below takes the same ones), each with a validation part
-AUDIO = ["experiment=audio_only", "data.val_fraction=0.2", "audio_encoder=cnn1d"]
+AUDIO = ["experiment=audio_only", "data.val_fraction=0.1", "audio_encoder=cnn1d"]
 IMAGE = ["experiment=image_only", "image_encoder=lenet"]
 
 
@@ -135,6 +135,20 @@ def test_composition_is_recorded_on_the_fusions_test_pairs(runs):
     assert comp["temperatures"] == {m: runs["first"]["experts"][m]["temperature"] for m in ("image", "audio")}
 
 
+def test_composition_is_recorded_on_the_validation_pairs_too(runs, tiny_dataset_dir, tmp_path):
+    """The fusion and the experts composed, both on the validation part the experts kept: where the recipe's
+    settings are weighed against composing alone, without the test split."""
+    comp = runs["first"]["composition_validation"]
+    cfg = compose_cfg("train", ["experiment=match_from_experts", *recipe(tiny_dataset_dir, tmp_path)])
+    pairs = len(from_experts.fitted_datamodule(cfg.data).val_set)  # the recipe's validation pairs
+    for rule in ("soft", "calibrated", "hard"):
+        assert comp[rule]["n"] == pairs and comp[rule]["acc"] == pytest.approx(
+            1 - comp[rule]["errors"] / pairs
+        )
+    assert comp["temperatures"] == runs["first"]["composition"]["temperatures"]
+    assert comp != runs["first"]["composition"]
+
+
 def test_each_experts_calibration_is_recorded_beside_its_accuracy(runs):
     """Each expert's validation accuracy, ECE and NLL, before and after its temperature, reach the recipe's
     metrics.json; the temperature is fitted to lower the NLL, so it never raises it."""
@@ -144,6 +158,32 @@ def test_each_experts_calibration_is_recorded_beside_its_accuracy(runs):
         assert 0 <= val["acc"] <= 1 and 0 <= val["ece_scaled"] <= 1 and 0 <= val["ece"] <= 1
         assert val["nll_scaled"] <= val["nll"] + 1e-9
         assert runs["second"]["experts"][m]["validation"] == val  # a reused expert's, as fitted
+
+
+def test_the_fusions_validation_holds_nothing_its_experts_trained_on(runs):
+    """Each expert keeps the recipe's validation part out of its training: the fusion's checkpoint is chosen
+    on speakers and images new to both experts, and metrics.json says so."""
+    shared = {m: e["shared_with_validation"] for m, e in runs["first"]["experts"].items()}
+    assert shared == {"image": {"images": 0}, "audio": {"speakers": 0}}
+
+
+def test_what_a_validation_part_shares_with_an_experts_training_is_counted(make_tiny_datamodule):
+    """An expert whose validation speakers differ from the recipe's (another split seed) trained on some of
+    the recipe's validation speakers, and on their images: both are counted, by speaker and by pixels."""
+    recipe = make_tiny_datamodule(task="match", seed=0)
+    recipe.setup("fit")
+    for task, modality, key in (("image_digit", "image", "images"), ("audio_digit", "audio", "speakers")):
+        same, other = make_tiny_datamodule(task=task, seed=0), make_tiny_datamodule(task=task, seed=1)
+        same.setup("fit"), other.setup("fit")
+        assert from_experts.shared_with_validation(same, recipe, modality) == {key: 0}
+        counted = from_experts.shared_with_validation(other, recipe, modality)[key]
+        train, val = other.data.train, recipe.parts.val
+        if modality == "audio":
+            expected = len(set(train.speaker[other.parts.train]) & set(train.speaker[val]))
+        else:
+            seen = {train.written[r].tobytes() for r in other.parts.train}
+            expected = len({train.written[r].tobytes() for r in val} & seen)
+        assert counted == expected > 0
 
 
 def sharpened(checkpoint: str, out: Path, factor: float = 30.0) -> str:
@@ -220,6 +260,17 @@ def test_the_recipes_own_experts_fit_it(tmp_path):
     with from_experts.own_hydra_state():
         other = compose_cfg("train", ["experiment=match_from_experts", "seed=1"], tmp_path)
         assert from_experts.expert_config(other, "audio")[1] != from_experts.expert_config(cfg, "audio")[1]
+
+
+def test_the_recipes_experts_keep_the_fusions_validation_part(tmp_path):
+    """As scheduled, each expert splits the recipe's own build with the recipe's fraction and seed, so its
+    validation part is the fusion's: the fusion's choices are made on pairs neither expert trained on."""
+    cfg = compose_cfg("train", ["experiment=match_from_experts", "seed=1"], tmp_path)
+    for m in ("audio", "image"):
+        with from_experts.own_hydra_state():
+            expert = from_experts.expert_config(cfg, m)[0]
+        for key in ("dir", "build", "split", "val_fraction", "seed"):
+            assert expert.data[key] == cfg.data[key], (m, key)
 
 
 @pytest.mark.parametrize(

@@ -28,10 +28,14 @@ class TrainVal:
     shared: dict[str, int] | None = None  # utterances/images/speakers on both sides (0 by construction)
 
 
+def image_keys(written: np.ndarray) -> np.ndarray:
+    """A 16-byte digest of each row's pixels: equal for equal images, in any build."""
+    return np.array([hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in written], dtype="S16")
+
+
 def image_ids(written: np.ndarray) -> np.ndarray:
     """An id per row that is equal for rows holding the same pixels."""
-    keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in written]
-    return np.unique(np.array(keys, dtype="S16"), return_inverse=True)[1].astype(np.int64).reshape(-1)
+    return np.unique(image_keys(written), return_inverse=True)[1].astype(np.int64).reshape(-1)
 
 
 def split_train_val(split: SplitData, val_fraction: float, seed: int) -> TrainVal:
