@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL=(audio_input_study audio_only image_only_mnist_refit default match_accurate match_labels_only fusion_study
+ALL=(audio_input_study audio_epochs_study audio_only image_only_mnist_refit default match_accurate match_labels_only fusion_study
      fusion_study_match_labels_only image_only image_only_mnist digit fusion_search match_from_experts
      search_lr_width)
 
@@ -41,6 +41,7 @@ for name in "${@:-${ALL[@]}}"; do
     audio_input_study)  # never tested; then a later candidate, variance normalisation, by the same rule
       python -m mmdigits.train experiment="$name" && python -m mmdigits.train experiment=audio_cmvn_study
       runs+=(logs/train/multiruns/audio_cmvn_study) && metric=val/acc ;;
+    audio_epochs_study) python -m mmdigits.train experiment="$name" && metric=val/acc ;;  # never tested
     fusion_search) python -m mmdigits.train experiment="$name" && metric=val/acc_best ;;  # never tested
     search_lr_width)  # an Optuna search with pruning, the same without; the best trial tested once, after
       sweep=logs/train/multiruns/lr_width
