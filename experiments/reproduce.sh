@@ -32,7 +32,10 @@ for name in "${@:-${ALL[@]}}"; do
       python -m mmdigits.train -m experiment=default data=speaker_folds data.fold=0,1,2,3 seed=0 \
         'hydra.sweep.dir=${paths.log_dir}/train/multiruns/default_folds' 'hydra.sweep.subdir=fold${data.fold}'
       runs+=(logs/train/multiruns/default_folds) ;;
-    match_from_experts)  # beside the default run and the best match recipe trained from scratch
+    match_from_experts)  # its unfreezing on validation; then beside the default run and match_accurate
+      python -m mmdigits.train experiment=match_from_experts_study
+      python -m mmdigits.report logs/train/multiruns/match_from_experts_study --metric val/acc_best \
+        --record experiments/match_from_experts_study
       train match_from_experts experiment=match_from_experts
       python -m mmdigits.bench.peers --experiment match_from_experts --seeds 0 1 2 \
         --out logs/bench/match_from_experts > experiments/match_from_experts/peers.md
