@@ -219,3 +219,13 @@ def test_a_study_continues_only_under_the_command_that_started_it():
     check_command(study, {**started, "overrides": started["overrides"][::-1]})  # the same overrides
     with pytest.raises(MMDigitsError, match=r"the study's \['trainer.max_epochs=2'\], this command's \['tr"):
         check_command(study, {**started, "overrides": ["hparams_search=optuna", "trainer.max_epochs=3"]})
+
+
+@pytest.mark.parametrize("search", ["optuna", "lr_width"])
+def test_a_trials_objective_scores_the_checkpoint_it_keeps(search, tmp_path, restore_hydra_config):
+    """A trial is scored by the best epoch of its validation accuracy; the checkpoint it keeps (the one the
+    best trial's test reads) must be that epoch's, whatever the recipe under the search monitors."""
+    cfg = compose_cfg("train", [f"hparams_search={search}"], tmp_path)
+    assert cfg.optimized_metric == "val/acc_best" and cfg.hydra.sweeper.direction == "maximize"
+    kept = cfg.callbacks.model_checkpoint
+    assert (kept.monitor, kept.mode) == ("val/acc", "max")
