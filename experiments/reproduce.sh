@@ -32,14 +32,13 @@ for name in "${@:-${ALL[@]}}"; do
       python -m mmdigits.train -m experiment=default data=speaker_folds data.fold=0,1,2,3 seed=0 \
         'hydra.sweep.dir=${paths.log_dir}/train/multiruns/default_folds' 'hydra.sweep.subdir=fold${data.fold}'
       runs+=(logs/train/multiruns/default_folds) ;;
-    match_from_experts)  # its unfreezing on validation; then beside the default run and match_accurate
+    match_from_experts)  # its unfreezing on validation; then per seed beside its experts composed and the default
       python -m mmdigits.train experiment=match_from_experts_study
       python -m mmdigits.report logs/train/multiruns/match_from_experts_study --metric val/acc_best \
         --record experiments/match_from_experts_study
-      train match_from_experts experiment=match_from_experts
       python -m mmdigits.bench.peers --experiment match_from_experts --seeds 0 1 2 \
         --out logs/bench/match_from_experts > experiments/match_from_experts/peers.md
-      runs+=(logs/train/multiruns/match_accurate logs/train/multiruns/default) ;;
+      runs=(logs/bench/match_from_experts) ;;
     fusion_study | fusion_study_match_labels_only) python -m mmdigits.train experiment="$name" ;;
     audio_input_study)  # never tested; then a later candidate, variance normalisation, by the same rule
       python -m mmdigits.train experiment="$name" && python -m mmdigits.train experiment=audio_cmvn_study
