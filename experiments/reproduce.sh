@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ALL=(audio_input_study audio_epochs_study audio_only image_only_mnist_refit default match_accurate match_labels_only fusion_study
-     fusion_study_match_labels_only image_only image_only_mnist digit fusion_search match_from_experts
+     fusion_study_match_labels_only image_only image_only_mnist digit fusion_search match_from_experts_study
+     match_from_experts
      search_lr_width)
 
 train() {  # train NAME [overrides...]: seeds 0, 1 and 2 of one recipe
@@ -32,10 +33,7 @@ for name in "${@:-${ALL[@]}}"; do
       python -m mmdigits.train -m experiment=default data=speaker_folds data.fold=0,1,2,3 seed=0 \
         'hydra.sweep.dir=${paths.log_dir}/train/multiruns/default_folds' 'hydra.sweep.subdir=fold${data.fold}'
       runs+=(logs/train/multiruns/default_folds) ;;
-    match_from_experts)  # its unfreezing on validation; then per seed beside its experts composed and the default
-      python -m mmdigits.train experiment=match_from_experts_study
-      python -m mmdigits.report logs/train/multiruns/match_from_experts_study --metric val/acc_best \
-        --record experiments/match_from_experts_study
+    match_from_experts)  # per seed, beside its experts composed and the default run; the tables from those runs
       python -m mmdigits.bench.peers --experiment match_from_experts --seeds 0 1 2 \
         --out logs/bench/match_from_experts > experiments/match_from_experts/peers.md
       runs=(logs/bench/match_from_experts) ;;
@@ -44,6 +42,7 @@ for name in "${@:-${ALL[@]}}"; do
       python -m mmdigits.train experiment="$name" && python -m mmdigits.train experiment=audio_cmvn_study
       runs+=(logs/train/multiruns/audio_cmvn_study) && metric=val/acc ;;
     audio_epochs_study) python -m mmdigits.train experiment="$name" && metric=val/acc ;;  # never tested
+    match_from_experts_study) python -m mmdigits.train experiment="$name" && metric=val/acc_best ;;  # never tested
     fusion_search) python -m mmdigits.train experiment="$name" && metric=val/acc_best ;;  # never tested
     search_lr_width)  # an Optuna search with pruning, the same without; the best trial tested once, after
       sweep=logs/train/multiruns/lr_width
