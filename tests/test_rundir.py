@@ -111,6 +111,20 @@ def test_the_config_hash_leaves_out_what_does_not_change_the_run(tmp_path):
     )
 
 
+def test_where_the_raw_corpora_are_read_from_is_not_part_of_the_config_hash(tmp_path):
+    """The build checks every raw file's checksum, so the folder they are read from (MMDIGITS_RAW_DIR, or
+    none) changes nothing a run computes: a sweep resumes, and an expert is reused, from either shell."""
+    from tests.hydra_utils import compose_cfg
+
+    hashes = {
+        rundir.config_hash(compose_cfg("train", [f"paths.raw_dir={raw}", "data.dir=built"], tmp_path))
+        for raw in ("null", "/corpora", "elsewhere/raw")
+    }
+    assert len(hashes) == 1
+    other = compose_cfg("train", ["paths.raw_dir=/corpora", "data.dir=other"], tmp_path)
+    assert rundir.config_hash(other) not in hashes  # the build itself still counts
+
+
 def test_what_a_directory_holds(tmp_path):
     assert rundir.run_outputs(tmp_path) == []
     (tmp_path / "tensorboard" / "v0").mkdir(parents=True)

@@ -107,6 +107,9 @@ def config_hash(cfg: DictConfig) -> str:
     data.get("callbacks", {}).pop("model_checkpoint", None)  # holds the run directory's path
     # holds a search's trial number, and a trial queued again to resume its run gets a new one
     data.get("callbacks", {}).pop("optuna_pruning", None)
+    # where the raw corpora are read from: the build checks each raw file's sha256 wherever it lies
+    if isinstance(data.get("data"), dict):
+        data["data"].pop("raw_dir", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
