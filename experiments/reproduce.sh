@@ -33,10 +33,10 @@ for name in "${@:-${ALL[@]}}"; do
       python -m mmdigits.train -m experiment=default data=speaker_folds data.fold=0,1,2,3 seed=0 \
         'hydra.sweep.dir=${paths.log_dir}/train/multiruns/default_folds' 'hydra.sweep.subdir=fold${data.fold}'
       runs+=(logs/train/multiruns/default_folds) ;;
-    match_from_experts)  # per seed, beside its experts composed and the default run; the tables from those runs
+    match_from_experts)  # per seed, beside its experts composed and the default run; then with match_accurate
       python -m mmdigits.bench.peers --experiment match_from_experts --seeds 0 1 2 \
         --out logs/bench/match_from_experts > experiments/match_from_experts/peers.md
-      runs=(logs/bench/match_from_experts) ;;
+      runs=(logs/bench/match_from_experts logs/train/multiruns/match_accurate) ;;
     fusion_study | fusion_study_match_labels_only) python -m mmdigits.train experiment="$name" ;;
     audio_input_study)  # never tested; then a later candidate, variance normalisation, by the same rule
       python -m mmdigits.train experiment="$name" && python -m mmdigits.train experiment=audio_cmvn_study
