@@ -21,6 +21,17 @@ def test_relative_links_resolve(doc):
     assert not broken, broken
 
 
+def test_the_tests_the_documents_cite_exist():
+    """A claim that cites its test (``tests/x.py::name``) cites one that is there to hold it."""
+    missing = []
+    for doc in [*DOCS, *sorted((REPO / "conf").rglob("*.yaml"))]:
+        for path, name in re.findall(r"(tests/[\w/]+\.py)::(\w+)", doc.read_text()):
+            test = REPO / path
+            if not test.is_file() or not re.search(rf"^def {name}\(", test.read_text(), re.M):
+                missing.append(f"{doc.relative_to(REPO)}: {path}::{name}")
+    assert not missing, missing
+
+
 def readme_train_commands() -> list[list[str]]:
     """The overrides of each ``python -m mmdigits.train ...`` line of the README (single runs)."""
     commands = []
