@@ -32,6 +32,18 @@ def test_the_tests_the_documents_cite_exist():
     assert not missing, missing
 
 
+def test_the_files_the_documents_name_exist():
+    """A file named in backticks (`mmdigits/...`, `conf/...`, `tests/...`) is one the repository has."""
+    top = "mmdigits|conf|tests|tools|experiments|hydra_plugins|docs"
+    missing = [
+        f"{doc.relative_to(REPO)}: {name}"
+        for doc in [*DOCS, *sorted((REPO / "conf").rglob("*.yaml"))]
+        for name in re.findall(rf"`((?:{top})/[\w./-]+)", doc.read_text())
+        if "<" not in name and not (REPO / name.split("::")[0]).exists()
+    ]
+    assert not missing, missing
+
+
 def readme_train_commands() -> list[list[str]]:
     """The overrides of each ``python -m mmdigits.train ...`` line of the README (single runs)."""
     commands = []
