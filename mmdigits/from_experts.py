@@ -181,6 +181,7 @@ def find_or_train(cfg: DictConfig, modality: str, train: Callable[[DictConfig], 
 
 
 def fitted_datamodule(data: DictConfig) -> Any:
+    """The datamodule of a ``data`` config, set up for fit (its train and validation parts carved)."""
     dm = instantiate(data, _convert_="all")
     dm.prepare_data()
     dm.setup("fit")
@@ -275,8 +276,8 @@ def record(experts: dict[str, Expert]) -> dict[str, Any]:
 
 def composition_report(experts: dict[str, Expert], loader: Any, device: Any = "cpu") -> dict[str, Any] | None:
     """The image and audio experts composed on ``loader``'s pairs (None unless both are experts): each rule's
-    scores, the temperatures, and the experts' inference seconds and pairs/s."""
-    if set(experts) != {"image", "audio"}:
+    scores, the temperatures, and the experts' inference seconds and pairs/s. None without pairs."""
+    if set(experts) != {"image", "audio"} or not len(loader):
         return None
     models = [load_checkpoint_model(experts[m].checkpoint) for m in ("image", "audio")]
     (img, aud), targets, seconds = expert_logits(models, loader, device)

@@ -149,6 +149,12 @@ def test_composition_is_recorded_on_the_validation_pairs_too(runs, tiny_dataset_
     assert comp != runs["first"]["composition"]
 
 
+def test_a_run_without_validation_pairs_composes_nothing_there():
+    """data.val_fraction=0 leaves the recipe no validation pairs: nothing to compose on, and no crash."""
+    expert = from_experts.Expert("image", "d", "h", "missing.ckpt", "reused", 1.0, 1.0, 0.0, {}, {})
+    assert from_experts.composition_report({"image": expert, "audio": expert}, [], "cpu") is None
+
+
 def test_each_experts_calibration_is_recorded_beside_its_accuracy(runs):
     """Each expert's validation accuracy, ECE and NLL, before and after its temperature, reach the recipe's
     metrics.json; the temperature is fitted to lower the NLL, so it never raises it."""
