@@ -34,7 +34,6 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobRuntime
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from mmdigits.data.splits import image_keys
@@ -46,6 +45,7 @@ from mmdigits.models.pretrained import config_differences
 from mmdigits.tasks import MODALITIES, get_task
 from mmdigits.utils.config import compose_config
 from mmdigits.utils.io import atomic_write_json
+from mmdigits.utils.run import ready_datamodule
 from mmdigits.utils.rundir import config_hash
 
 log = logging.getLogger("mmdigits.train")
@@ -172,20 +172,12 @@ def find_or_train(cfg: DictConfig, modality: str, train: Callable[[DictConfig], 
         metrics = json.loads((directory / "metrics.json").read_text())
         checkpoint = directory / "checkpoints" / Path(str(metrics["best_model_path"])).name
         fit = expert_temperature(expert, directory, checkpoint)
-        shared = shared_with_validation(fitted_datamodule(expert.data), fitted_datamodule(cfg.data), modality)
+        shared = shared_with_validation(ready_datamodule(expert.data), ready_datamodule(cfg.data), modality)
     if any(shared.values()):
         log.warning("expert %s trained on %s of this run's validation part: its choices lean to that expert",
                     modality, shared)  # fmt: skip
     return Expert(modality, str(directory), digest, str(checkpoint), status, float(metrics["wall_time_s"]),
                   float(fit["temperature"]), float(fit["seconds"]), fit["val"], shared)  # fmt: skip
-
-
-def fitted_datamodule(data: DictConfig) -> Any:
-    """The datamodule of a ``data`` config, set up for fit (its train and validation parts carved)."""
-    dm = instantiate(data, _convert_="all")
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
 
 
 def shared_with_validation(expert_dm: Any, recipe_dm: Any, modality: str) -> dict[str, int]:
@@ -231,7 +223,7 @@ def expert_temperature(expert: DictConfig, directory: Path, checkpoint: Path) ->
             return saved
     start = time.perf_counter()
     model = load_checkpoint_model(checkpoint)
-    dm = fitted_datamodule(expert.data)
+    dm = ready_datamodule(expert.data)
     logits, targets = collect_logits(model, dm.val_dataloader())
     temperature = fit_temperature(logits, targets)
     seconds = time.perf_counter() - start

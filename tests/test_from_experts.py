@@ -20,6 +20,7 @@ from mmdigits.errors import MMDigitsError
 from mmdigits.models.composition import binary_scores, compose, match_probability
 from mmdigits.models.loading import load_checkpoint_model
 from mmdigits.models.pretrained import StartFromExperts
+from mmdigits.utils.run import ready_datamodule
 from tests.hydra_utils import compose_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -140,7 +141,7 @@ def test_composition_is_recorded_on_the_validation_pairs_too(runs, tiny_dataset_
     settings are weighed against composing alone, without the test split."""
     comp = runs["first"]["composition_validation"]
     cfg = compose_cfg("train", ["experiment=match_from_experts", *recipe(tiny_dataset_dir, tmp_path)])
-    pairs = len(from_experts.fitted_datamodule(cfg.data).val_set)  # the recipe's validation pairs
+    pairs = len(ready_datamodule(cfg.data).val_set)  # the recipe's validation pairs
     for rule in ("soft", "calibrated", "hard"):
         assert comp[rule]["n"] == pairs and comp[rule]["acc"] == pytest.approx(
             1 - comp[rule]["errors"] / pairs

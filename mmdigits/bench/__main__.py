@@ -24,6 +24,7 @@ import lightning as L
 import torch
 
 from mmdigits.bench.common import compose, quiet_trainer
+from mmdigits.utils.run import ready_datamodule
 
 log = logging.getLogger("mmdigits.bench")
 
@@ -32,9 +33,7 @@ def _build(overrides: list[str], data_dir: str) -> tuple[Any, Any]:
     from hydra.utils import instantiate
 
     cfg = compose([f"data.dir={data_dir}", *overrides])
-    dm = instantiate(cfg.data, _convert_="all")
-    dm.prepare_data()
-    dm.setup("fit")
+    dm = ready_datamodule(cfg.data)
     model = instantiate(cfg.model)
     model.set_normalization(dm.stats)
     return model, dm

@@ -16,18 +16,6 @@ def compose(overrides: list[str], output_dir: str | Path | None = None) -> DictC
     return compose_config("train", overrides, output_dir)
 
 
-def ready_datamodule(data_cfg: DictConfig) -> Any:
-    """The datamodule of ``data_cfg`` built, with its fit and test parts set up (what a peer is fit on and
-    scored on)."""
-    from hydra.utils import instantiate
-
-    dm = instantiate(data_cfg, _convert_="all")
-    dm.prepare_data()
-    dm.setup("fit")
-    dm.setup("test")
-    return dm
-
-
 def quiet_trainer(**kw: Any) -> L.Trainer:
     return L.Trainer(
         accelerator="cpu",

@@ -38,8 +38,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from mmdigits.bench.common import compose, ready_datamodule
+from mmdigits.bench.common import compose
 from mmdigits.bench.references import minirocket
+from mmdigits.utils.run import ready_datamodule
 
 RULES = {
     "soft": "experts composed, soft: sum_k p_img(k) p_aud(k) >= 0.5",
@@ -109,7 +110,7 @@ def minirocket_on_audio_expert(recipe_cfg: Any) -> dict[str, Any]:
     """aeon's MiniRocket on the audio expert's data (``{"missing": hint}`` without aeon)."""
     from mmdigits.from_experts import expert_overrides
 
-    return minirocket(ready_datamodule(compose(expert_overrides(recipe_cfg, "audio")).data))
+    return minirocket(ready_datamodule(compose(expert_overrides(recipe_cfg, "audio")).data, ("fit", "test")))
 
 
 def compare_with_experts(args: argparse.Namespace, data: list[str]) -> int:

@@ -45,9 +45,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from mmdigits.bench.common import compose, quiet_logging, ready_datamodule
+from mmdigits.bench.common import compose, quiet_logging
 from mmdigits.bench.references import minirocket, svc
 from mmdigits.tasks import TASKS, Task, get_task
+from mmdigits.utils.run import ready_datamodule
 
 
 class Peer(NamedTuple):
@@ -164,7 +165,7 @@ def compare_on_folds(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         peer = peer_for(get_task(cfg.data.task))
         if peer is None:
             parser.error(f"experiment={args.experiment}: --folds compares the unimodal recipes with a peer")
-        dm = ready_datamodule(cfg.data)
+        dm = ready_datamodule(cfg.data, ("fit", "test"))
         result = peer.fit_and_score(dm)
         if "missing" in result:
             parser.error(result["missing"])
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             f"tasks {with_peer} (e.g. --experiment audio_only or --experiment image_only), and for match "
             "recipes that start from experts (--experiment match_from_experts)"
         )
-    dm = ready_datamodule(cfg.data)
+    dm = ready_datamodule(cfg.data, ("fit", "test"))
     n_train, n_test = len(dm.train_set) + len(dm.val_set), len(dm.test_set)
 
     rows = []

@@ -47,6 +47,15 @@ def instantiate_callbacks(cfg: DictConfig | None, checkpointing: bool = True) ->
     return [c for c in callbacks if checkpointing or not isinstance(c, Checkpoint)]
 
 
+def ready_datamodule(data: DictConfig, stages: tuple[str, ...] = ("fit",)) -> Any:
+    """The datamodule of a ``data`` config, its data prepared (built when missing) and ``stages`` set up."""
+    dm = instantiate(data, _convert_="all")
+    dm.prepare_data()
+    for stage in stages:
+        dm.setup(stage)
+    return dm
+
+
 def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
     return [instantiate(c) for c in (cfg or {}).values() if c is not None and "_target_" in c]
 
