@@ -20,6 +20,7 @@ there, fitted once), so every expert needs one (``data.val_fraction > 0``).
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import time
@@ -152,9 +153,15 @@ def check_expert(cfg: DictConfig, expert: DictConfig, modality: str) -> None:
         )
 
 
-def find_or_train(cfg: DictConfig, modality: str, train: Callable[[DictConfig], dict[str, Any]]) -> Expert:
+def find_or_train(
+    cfg: DictConfig,
+    modality: str,
+    train: Callable[[DictConfig], dict[str, Any]],
+    recipe_dm: Callable[[], Any],
+) -> Expert:
     """The expert of ``modality``: reused, resumed or trained in ``<experts.dir>/<hash>/``, with its
-    temperature."""
+    temperature and what it shares with the validation part of ``recipe_dm()`` (this run's datamodule, set up
+    for fit; called once the expert is ready)."""
     with own_hydra_state():
         expert, digest, directory = expert_config(cfg, modality)
         check_expert(cfg, expert, modality)
@@ -171,8 +178,9 @@ def find_or_train(cfg: DictConfig, modality: str, train: Callable[[DictConfig], 
                 train(expert)
         metrics = json.loads((directory / "metrics.json").read_text())
         checkpoint = directory / "checkpoints" / Path(str(metrics["best_model_path"])).name
-        fit = expert_temperature(expert, directory, checkpoint)
-        shared = shared_with_validation(ready_datamodule(expert.data), ready_datamodule(cfg.data), modality)
+        expert_dm = ready_datamodule(expert.data)
+        fit = expert_temperature(expert_dm, directory, checkpoint)
+        shared = shared_with_validation(expert_dm, recipe_dm(), modality)
     if any(shared.values()):
         log.warning("expert %s trained on %s of this run's validation part: its choices lean to that expert",
                     modality, shared)  # fmt: skip
@@ -213,9 +221,10 @@ def log_file(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def expert_temperature(expert: DictConfig, directory: Path, checkpoint: Path) -> dict[str, Any]:
-    """The temperature of ``checkpoint`` fitted on its run's validation part (``calibration.json``, fitted
-    once): ``temperature``, ``seconds`` (the fit's) and ``val`` (the scores there before and after it)."""
+def expert_temperature(dm: Any, directory: Path, checkpoint: Path) -> dict[str, Any]:
+    """The temperature of ``checkpoint`` fitted on the validation part of its run's datamodule ``dm``
+    (``calibration.json``, fitted once): ``temperature``, ``seconds`` (the fit's: loading the checkpoint,
+    scoring the validation part, fitting) and ``val`` (the scores there before and after it)."""
     path = directory / CALIBRATION_FILE
     if path.is_file():
         saved = json.loads(path.read_text())
@@ -223,7 +232,6 @@ def expert_temperature(expert: DictConfig, directory: Path, checkpoint: Path) ->
             return saved
     start = time.perf_counter()
     model = load_checkpoint_model(checkpoint)
-    dm = ready_datamodule(expert.data)
     logits, targets = collect_logits(model, dm.val_dataloader())
     temperature = fit_temperature(logits, targets)
     seconds = time.perf_counter() - start
@@ -243,7 +251,8 @@ def find_or_train_experts(
     experts = wanted(cfg)
     if experts and not cfg.experts.get("dir"):
         raise MMDigitsError("experts.dir: where the experts' runs go is not set")
-    return {m: find_or_train(cfg, m, train) for m in experts}
+    recipe_dm = functools.cache(lambda: ready_datamodule(cfg.data))  # built once, after the first expert
+    return {m: find_or_train(cfg, m, train, recipe_dm) for m in experts}
 
 
 def pretrained_spec(cfg: DictConfig, experts: dict[str, Expert]) -> dict[str, Any]:

@@ -297,7 +297,7 @@ def test_an_expert_that_cannot_serve_is_refused_before_anything_trains(
         raise AssertionError("trained")
 
     with pytest.raises(MMDigitsError, match=message):
-        from_experts.find_or_train(cfg, "audio", never)
+        from_experts.find_or_train(cfg, "audio", never, lambda: never(cfg))
     assert not any(tmp_path.iterdir())
 
 
