@@ -12,6 +12,7 @@ from tests.hydra_utils import compose_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted(REPO.glob("experiments/**/*.md"))]
+TEXTS = [*DOCS, *sorted((REPO / "conf").rglob("*.yaml"))]  # the documents and the configs' comments
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
@@ -24,7 +25,7 @@ def test_relative_links_resolve(doc):
 def test_the_tests_the_documents_cite_exist():
     """A claim that cites its test (``tests/x.py::name``) cites one that is there to hold it."""
     missing = []
-    for doc in [*DOCS, *sorted((REPO / "conf").rglob("*.yaml"))]:
+    for doc in TEXTS:
         for path, name in re.findall(r"(tests/[\w/]+\.py)::(\w+)", doc.read_text()):
             test = REPO / path
             if not test.is_file() or not re.search(rf"^def {name}\(", test.read_text(), re.M):
@@ -37,7 +38,7 @@ def test_the_files_the_documents_name_exist():
     top = "mmdigits|conf|tests|tools|experiments|hydra_plugins|docs"
     missing = [
         f"{doc.relative_to(REPO)}: {name}"
-        for doc in [*DOCS, *sorted((REPO / "conf").rglob("*.yaml"))]
+        for doc in TEXTS
         for name in re.findall(rf"`((?:{top})/[\w./-]+)", doc.read_text())
         if "<" not in name and not (REPO / name.split("::")[0]).exists()
     ]
