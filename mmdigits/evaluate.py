@@ -1,6 +1,8 @@
 """Re-test a checkpoint on the test split: ``python -m mmdigits.evaluate ckpt_path=...``.
 
 ``ckpt_path=[a.ckpt,b.ckpt,...]`` tests an ensemble: the mean of the members' probabilities per pair.
+``split=val`` scores on the validation part the checkpoints' runs held out instead (``val/`` metrics), given
+the runs' own data settings: an ensemble, or any other choice, can then be made without the test split.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mmdigits.errors import MMDigitsError
-from mmdigits.models.ensemble import load_members_and_data, score_ensemble
+from mmdigits.models.ensemble import check_validation_part, load_members_and_data, score_ensemble
 from mmdigits.models.loading import single_checkpoint_path
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.io import atomic_save_npy
@@ -29,17 +31,35 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test the checkpoint's model (or the ensemble of a list of checkpoints) on ``cfg.data``'s test split;
     writes ``metrics.json``."""
     L.seed_everything(cfg.get("seed", 0), workers=True)
+    split = cfg.get("split", "test")
+    if split not in ("test", "val"):
+        raise MMDigitsError(
+            f"split={split}: evaluate scores split=test, or split=val (the runs' validation part)"
+        )
     for option, shown in (("robustness", "+robustness=true"), ("calibrate", "calibrate=true")):
         if cfg.get(option, False):  # refused before any member is loaded
             single_checkpoint_path(cfg.ckpt_path, shown)
+            if split != "test":
+                raise MMDigitsError(f"{shown} scores the test split; leave out split={split}")
     paths, models, datamodule = load_members_and_data(cfg)
     model = models[0]
     trainer: L.Trainer = instantiate(cfg.trainer)
     datamodule.prepare_data()
+    if split == "val":
+        check_validation_part(cfg.data, paths)
+        datamodule.setup("fit")
+        metrics = score_ensemble(trainer, models, datamodule.val_dataloader(), prefix="val/")[0]
+        if len(models) == 1:
+            del metrics["val/member_acc"]
+        metrics["ckpt_path"] = paths if len(paths) > 1 else paths[0]
+        write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+        log.info("validation metrics: %s", metrics)
+        return metrics
     if not datamodule.has_test_labels:
         raise MMDigitsError(f"{cfg.data.dir}: no test labels (match_test.npy), so there is nothing to score")
     if len(models) > 1:
-        metrics: dict[str, Any] = score_ensemble(trainer, models, datamodule)
+        metrics, rows = score_ensemble(trainer, models, datamodule.test_dataloader())
+        atomic_save_npy(Path(cfg.paths.output_dir) / PREDICTIONS_FILE, rows.numpy())
     else:
         trainer.test(model, datamodule=datamodule)
         metrics = metrics_to_floats(trainer.callback_metrics)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
+from mmdigits.analysis.stats import read_predictions
 from mmdigits.errors import CheckpointError, MMDigitsError
 from mmdigits.evaluate import evaluate
 from mmdigits.models.ensemble import check_members, nll
@@ -88,6 +89,10 @@ def test_ensemble_metrics_are_those_of_the_mean_probability(two_runs, tiny_datas
     ]
     assert metrics["test/member_acc"] == pytest.approx([s["test/acc"] for s in singles], abs=1e-6)
     assert (tmp_path / "metrics.json").exists()
+    rows = read_predictions(tmp_path)  # as a run's: index, target, decision, P(match), in row order
+    assert rows[:, 0].tolist() == list(range(len(target))) and rows[:, 1].tolist() == target.tolist()
+    assert rows[:, 3] == pytest.approx(proba.double().numpy(), abs=1e-6)
+    assert (rows[:, 2] == rows[:, 1]).mean() == pytest.approx(metrics["test/acc"], abs=1e-6)
 
 
 def test_predict_writes_the_ensembles_decisions(two_runs, tiny_dataset_dir, tmp_path):

@@ -9,7 +9,7 @@ from mmdigits.data.build import build_dataset
 SMALL = {"n_train": 300, "n_test": 150, "match_rate": 0.3}
 
 
-def test_peer_and_ours_on_the_same_speaker_folds(tiny_raw_dir, tmp_path, capsys):
+def test_peer_and_ours_and_our_ensembles_on_the_same_speaker_folds(tiny_raw_dir, tmp_path, capsys):
     pytest.importorskip("aeon")
     from mmdigits.bench.peers import main
 
@@ -22,6 +22,8 @@ def test_peer_and_ours_on_the_same_speaker_folds(tiny_raw_dir, tmp_path, capsys)
         "2",
         "--seeds",
         "0",
+        "--members",
+        "2",
         "--out",
         str(tmp_path / "runs"),
         "trainer.max_epochs=2",
@@ -33,14 +35,21 @@ def test_peer_and_ours_on_the_same_speaker_folds(tiny_raw_dir, tmp_path, capsys)
         r.split(" | ") for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "---" not in r
     ]
     assert rows[0][1].startswith("aeon MiniRocket")
-    folds = [r for r in rows if r[0].startswith("| fold ") and "seed" in r[0]]
-    assert [r[0] for r in folds] == ["| fold 0, seed 0", "| fold 1, seed 0"]
-    for r in folds:
-        peer, ours, diff = float(r[1]), float(r[2]), float(r[3])
-        assert diff == pytest.approx(ours - peer, abs=1e-4) and 0 <= float(r[4]) <= 1
-    mean = next(r for r in rows if r[0].startswith("| mean of 2 folds"))
-    assert float(mean[2].split()[0]) == pytest.approx((float(folds[0][2]) + float(folds[1][2])) / 2, abs=1e-4)
-    assert len(list((tmp_path / "runs").glob("*fold-0*seed0/test_predictions.npy"))) == 1
+    for what in ("seed 0", "ensemble of 2 (seed 0)"):
+        folds = [r for r in rows if r[0].startswith("| fold ") and r[0].endswith(f", {what}")]
+        assert [r[0] for r in folds] == [f"| fold 0, {what}", f"| fold 1, {what}"]
+        for r in folds:
+            peer, ours, diff = float(r[1]), float(r[2]), float(r[3])
+            assert diff == pytest.approx(ours - peer, abs=1e-4) and 0 <= float(r[4]) <= 1
+        kind = "ensembles of 2" if "ensemble" in what else "runs"
+        mean = next(r for r in rows if r[0].startswith(f"| {kind}: mean of 2 folds"))
+        expected = (float(folds[0][2]) + float(folds[1][2])) / 2
+        assert float(mean[2].split()[0]) == pytest.approx(expected, abs=1e-4)
+    runs = tmp_path / "runs"
+    assert len(list(runs.glob("audio_only*fold-0*seed0/test_predictions.npy"))) == 1
+    assert len(list(runs.glob("audio_only*fold-0*seed100/test_predictions.npy"))) == 1  # the second member
+    ensembles = sorted(p.parent.name for p in runs.glob("ensemble2*/test_predictions.npy"))
+    assert len(ensembles) == 2 and all("fold" in name for name in ensembles)
 
 
 def test_the_fold_is_the_commands_to_set(capsys):

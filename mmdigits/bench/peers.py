@@ -21,7 +21,8 @@ members' runs plus that command; its rate, the members' rates combined (they run
 
 ``--folds K`` runs both on each fold of speaker-grouped cross-validation (``data=speaker_folds``): the peer
 and our seeds on the same folds, with the paired per-fold differences (McNemar's test per fold and seed, a
-paired permutation test over every fold's utterances).
+paired permutation test over every fold's utterances); with ``--members N``, for our single runs and for our
+ensembles of N, each against the peer.
 
 Hydra overrides (``key=value`` words, anywhere in the command) change our runs, and the split the peer reads
 where they touch the data: ``python -m mmdigits.bench.peers audio_encoder=rocket`` puts MiniRocket as our
@@ -152,14 +153,16 @@ def _fold_data(args: argparse.Namespace, fold: int) -> tuple[list[str], Any]:
 def compare_on_folds(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Both on each speaker fold (``data=speaker_folds data.folds=K data.fold=i``); every fold, the mean over
     folds with its t interval, and the paired differences: McNemar's test per fold and seed, and a paired
-    permutation test with the folds' utterances pooled (our seeds averaged per utterance)."""
+    permutation test with the folds' utterances pooled (our seeds averaged per utterance). With
+    ``--members N`` the same for our ensembles of N runs per seed, beside the single runs."""
 
     from mmdigits.analysis import stats
 
-    rows, peer_acc, our_acc = [], [], []
-    peer_pool: dict[tuple[int | None, int], np.ndarray] = {}
-    our_pool: dict[tuple[int | None, int], np.ndarray] = {}
-    peer = None
+    kinds = ["runs"] + ([f"ensembles of {args.members}"] if args.members > 1 else [])
+    rows: dict[str, list[tuple[str, ...]]] = {k: [] for k in kinds}
+    our_acc: dict[str, list[float]] = {k: [] for k in kinds}
+    our_pool: dict[str, dict[tuple[int | None, int], np.ndarray]] = {k: {} for k in kinds}
+    peer_acc, peer_pool, peer = [], {}, None
     for fold in range(args.folds):
         over, cfg = _fold_data(args, fold)
         peer = peer_for(get_task(cfg.data.task))
@@ -171,35 +174,48 @@ def compare_on_folds(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             parser.error(result["missing"])
         peer_acc.append(result["acc"])
         peer_pool[(fold, 0)] = result["correct"]
-        seeds = []
+        accs: dict[str, list[float]] = {k: [] for k in kinds}
         for seed in args.seeds:
-            r = ours(str(cfg.data.dir), args.experiment, seed, Path(args.out), over)
-            pred = stats.read_predictions(r["dir"])
-            correct = pred[:, 2] == pred[:, 1]
-            if len(correct) != len(result["correct"]):
-                raise RuntimeError(
-                    f"fold {fold}: our run scored {len(correct)} items, the peer {result['n']}"
-                )
-            our_pool[(fold, seed)] = correct
-            seeds.append(r["acc"])
-            p = stats.mcnemar_p(correct, result["correct"])
-            rows.append((f"fold {fold}, seed {seed}", f"{result['acc']:.4f}", f"{r['acc']:.4f}",
-                         f"{r['acc'] - result['acc']:+.4f}", f"{p:.2g}", str(result["n"])))  # fmt: skip
-        our_acc.append(float(np.mean(seeds)))
-    per_fold = stats.pool(our_pool), stats.pool(peer_pool)
-    p_all = stats.paired_permutation_p(per_fold[0][None], per_fold[1][None])
-    (pm, plo, phi), (om, olo, ohi) = stats.seed_interval(peer_acc), stats.seed_interval(our_acc)
-    peer_ci, our_ci = f"{pm:.4f} [{plo:.4f}, {phi:.4f}]", f"{om:.4f} [{olo:.4f}, {ohi:.4f}]"
-    rows.append(
-        (f"mean of {args.folds} folds [95 % CI]", peer_ci, our_ci, f"{om - pm:+.4f}", f"{p_all:.2g}", "")
-    )
-    rows.append(("worst fold", f"{min(peer_acc):.4f}", f"{min(our_acc):.4f}", "", "", ""))
+            members = [ours(str(cfg.data.dir), args.experiment, seed + 100 * k, Path(args.out), over)
+                       for k in range(args.members)]  # fmt: skip
+            scored = [("runs", f"seed {seed}", members[0])]
+            if args.members > 1:
+                out = Path(args.out) / f"ensemble{args.members}_{_slug(over)}_seed{seed}"
+                ens = {**ensemble(str(cfg.data.dir), members, out), "dir": out}
+                scored.append((kinds[1], f"ensemble of {args.members} (seed {seed})", ens))
+            for kind, name, r in scored:
+                pred = stats.read_predictions(r["dir"])
+                correct = pred[:, 2] == pred[:, 1]
+                if len(correct) != len(result["correct"]):
+                    raise RuntimeError(
+                        f"fold {fold}: ours scored {len(correct)} items, the peer {result['n']}"
+                    )
+                our_pool[kind][(fold, seed)] = correct
+                accs[kind].append(r["acc"])
+                p = stats.mcnemar_p(correct, result["correct"])
+                diff = f"{r['acc'] - result['acc']:+.4f}"
+                row = (f"{result['acc']:.4f}", f"{r['acc']:.4f}", diff, f"{p:.2g}", str(result["n"]))
+                rows[kind].append((f"fold {fold}, {name}", *row))
+        for kind in kinds:
+            our_acc[kind].append(float(np.mean(accs[kind])))
     assert peer is not None
+    pm, plo, phi = stats.seed_interval(peer_acc)
     print(f"\nspeaker-grouped {args.folds}-fold cross-validation, experiment={args.experiment}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
     print(f"| fold | {peer.name} | ours | ours - peer | paired p | {peer.items} |\n|---|---|---|---|---|---|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    for kind in kinds:
+        p_all = stats.paired_permutation_p(stats.pool(our_pool[kind])[None], stats.pool(peer_pool)[None])
+        om, olo, ohi = stats.seed_interval(our_acc[kind])
+        label = "" if len(kinds) == 1 else f"{kind}: "
+        cis = f"{pm:.4f} [{plo:.4f}, {phi:.4f}]", f"{om:.4f} [{olo:.4f}, {ohi:.4f}]"
+        rows[kind].append(
+            (f"{label}mean of {args.folds} folds [95 % CI]", *cis, f"{om - pm:+.4f}", f"{p_all:.2g}", "")
+        )
+        rows[kind].append(
+            (f"{label}worst fold", f"{min(peer_acc):.4f}", f"{min(our_acc[kind]):.4f}", "", "", "")
+        )
+        for r in rows[kind]:
+            print("| " + " | ".join(r) + " |")
     return 0
 
 

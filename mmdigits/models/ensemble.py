@@ -1,6 +1,7 @@
 """Ensembles of trained checkpoints: the mean of the members' probabilities for each row.
 
-``python -m mmdigits.evaluate ckpt_path=[a.ckpt,b.ckpt]`` scores an ensemble on the test split, and
+``python -m mmdigits.evaluate ckpt_path=[a.ckpt,b.ckpt]`` scores an ensemble on the test split (``split=val``:
+on the validation part every member's training carved, see :func:`check_validation_part`), and
 ``python -m mmdigits.predict ckpt_path=[a.ckpt,b.ckpt]`` writes its submission. Members must solve the same
 task on the same audio corpus; each reads its own modalities and normalisation from its checkpoint.
 """
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor
 
 from mmdigits.errors import CheckpointError
-from mmdigits.models.loading import checkpoint_paths, load_model_and_data
+from mmdigits.models.loading import checkpoint_paths, load_model_and_data, read_checkpoint
 from mmdigits.models.module import MultimodalModule
 from mmdigits.tasks import Task
 
@@ -88,12 +89,46 @@ def score(task: Task, proba: Tensor, target: Tensor, prefix: str = "test/") -> d
     return out
 
 
-def score_ensemble(trainer: L.Trainer, models: Sequence[MultimodalModule], datamodule: Any) -> dict[str, Any]:
-    """The ensemble's test metrics, plus each member's test accuracy (``test/member_acc``)."""
-    loader = datamodule.test_dataloader()
+def score_ensemble(
+    trainer: L.Trainer, models: Sequence[MultimodalModule], loader: Any, prefix: str = "test/"
+) -> tuple[dict[str, Any], Tensor]:
+    """The ensemble's metrics on ``loader``'s rows, plus each member's accuracy (``<prefix>member_acc``), and
+    its prediction rows (index, target, decision, probability; as a run's ``test_predictions.npy``)."""
     target = row_targets(loader)
     probas = [row_proba(trainer, m, loader) for m in models]
-    task = models[0].task
-    metrics: dict[str, Any] = score(task, torch.stack(probas).mean(0), target)
-    metrics["test/member_acc"] = [score(task, p, target)["test/acc"] for p in probas]
-    return metrics
+    task, mean = models[0].task, torch.stack(probas).mean(0)
+    metrics: dict[str, Any] = score(task, mean, target, prefix)
+    metrics[f"{prefix}member_acc"] = [score(task, p, target, prefix)[f"{prefix}acc"] for p in probas]
+    return metrics, task.prediction_rows(torch.arange(len(target)), target, mean)
+
+
+# what carves a build's validation part: the data settings, as a run's datamodule saved them in its checkpoint
+VALIDATION_KEYS = ("val_fraction", "seed", "split", "folds", "fold", "image_split")
+
+
+def check_validation_part(data: Any, paths: Sequence[str | Path]) -> None:
+    """Refuse to score on validation unless ``data`` (the command's data config) carves the validation part
+    each checkpoint's run held out, from a build with the same settings: with another fraction, seed or fold,
+    or a member that held out other rows, some validation rows would be rows a model trained on."""
+    from mmdigits.data.build import read_manifest
+
+    held = ((read_manifest(data.dir) or {}).get("settings")) or None
+    for path in paths:
+        ckpt = read_checkpoint(path)
+        carved = ckpt.get("datamodule_hyper_parameters")
+        if not isinstance(carved, dict):
+            raise CheckpointError(
+                f"{path}: does not record how its run carved its validation part; split=val needs a "
+                "checkpoint written by python -m mmdigits.train"
+            )
+        for key in VALIDATION_KEYS:
+            if key in carved and carved[key] != data.get(key):
+                raise CheckpointError(
+                    f"{path}: its run carved validation with data.{key}={carved[key]!r}, but this command "
+                    f"has data.{key}={data.get(key)!r}; pass the run's data settings (members must agree)"
+                )
+        build = (ckpt["hyper_parameters"].get("data_info") or {}).get("build")
+        if build and held and build != held:
+            raise CheckpointError(
+                f"{path}: was trained on a build with settings {build}, but {data.dir} holds one with {held}"
+            )
