@@ -203,3 +203,21 @@ def test_a_run_whose_config_holds_an_interpolation_is_reported_without_its_data(
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_an_ensembles_evaluation_beside_its_members_is_reported(runs, tmp_path, tiny_dataset_dir):
+    """``python -m mmdigits.evaluate ckpt_path=[a,b]`` in a sweep's folder: a row of its own (its members'
+    parameters together), never a traceback."""
+    sweep = tmp_path / "sweep"
+    shutil.copytree(runs[0]["dir"].parent, sweep)
+    members = ",".join(str(r["ckpt"]) for r in runs)
+    evaluate = [sys.executable, "-m", "mmdigits.evaluate", f"ckpt_path=[{members}]",
+                f"data.dir={tiny_dataset_dir}", f"hydra.run.dir={sweep / 'ensemble2'}"]  # fmt: skip
+    assert subprocess.run(evaluate, cwd=REPO, capture_output=True, text=True).returncode == 0
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmdigits.report", str(sweep)], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    df = runs_frame([sweep]).set_index("run")
+    assert df.loc["ensemble2", "params"] == df.loc["0_cnn1d_cnn", "params"] + df.loc["1_cnn1d_cnn", "params"]
+    assert df.loc["ensemble2", "group"] not in set(df.drop("ensemble2")["group"])

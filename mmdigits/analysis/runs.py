@@ -70,6 +70,8 @@ def checkpoint_path(run_dir: Path, metrics: dict[str, Any]) -> Path | None:
     """The run's best checkpoint: metrics.json's file in this run's checkpoints/ folder (the run may have been
     moved or copied since), else metrics.json's path, else the folder's last epoch checkpoint."""
     best = metrics.get("best_model_path") or metrics.get("ckpt_path")
+    if isinstance(best, list):  # an ensemble's evaluation (ckpt_path=[a,b]): no checkpoint of its own
+        return None
     if best and (run_dir / "checkpoints" / Path(best).name).is_file():
         return run_dir / "checkpoints" / Path(best).name
     if best and Path(best).is_file():
@@ -79,7 +81,11 @@ def checkpoint_path(run_dir: Path, metrics: dict[str, Any]) -> Path | None:
     return (named or ckpts or [None])[-1]
 
 
-def count_params(ckpt: Path | None) -> int | None:
+def count_params(ckpt: Path | None, members: Any = None) -> int | None:
+    """The checkpoint's parameters; an ensemble's (``members``: its checkpoints) are its members' together."""
+    if isinstance(members, list):
+        counts = [count_params(Path(m)) for m in members]
+        return None if None in counts else sum(c for c in counts if c is not None)
     if ckpt is None:
         return None
     from mmdigits.models.loading import load_checkpoint_model
@@ -128,7 +134,7 @@ def load_run(run_dir: Path, root: Path | None = None) -> dict[str, Any]:
         "task": cfg.get("data.task"),
         "seed": cfg.get("seed"),
         "fold": cfg.get("data.fold") if cfg.get("data.split") == "speaker_folds" else None,
-        "params": count_params(ckpt),
+        "params": count_params(ckpt, metrics.get("ckpt_path")),
         "epochs": metrics.get("epochs"),
         "stopped_by": metrics.get("stopped_by"),
         "wall_time_s": metrics.get("wall_time_s"),
