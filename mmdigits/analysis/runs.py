@@ -143,6 +143,15 @@ def load_run(run_dir: Path, root: Path | None = None) -> dict[str, Any]:
     row.update({k: metrics.get(k) for k in SHOWN_AS_IS})
     row.update({"dir": str(run_dir), "ckpt": str(ckpt) if ckpt else None, "overrides": " ".join(overrides)})
     row["config"], row["choices"] = cfg, descriptors(choices, overrides)
+    members = metrics.get("ckpt_path")
+    if isinstance(members, list) and members:  # an ensemble's evaluation: named after its first member's run
+        row["choices"] = {"ensemble": f"{len(members)} runs"}
+        first = Path(members[0]).parent.parent
+        if (first / "metrics.json").is_file():
+            base = load_run(first, root)
+            row.update({k: base[k] for k in ("model", "audio_encoder", "image_encoder", "fusion", "task")})
+            row["config"] = {**base["config"], "ensemble": len(members)}
+            row["choices"] = {**base["choices"], **row["choices"]}
     return row
 
 
@@ -169,7 +178,7 @@ def sort_runs(df: pd.DataFrame, metric: str = "test/acc") -> pd.DataFrame:
 # ----------------------------------------------------------------------------- seeds
 def _signature(cfg: dict[str, Any]) -> str:
     """Config without seeds, paths and the fold (what makes runs 'the same experiment')."""
-    skip = ("paths.", "data.dir", "data.fold")
+    skip = ("paths.", "data.dir", "data.fold", "ckpt_path")
     kept = {k: v for k, v in cfg.items() if k.split(".")[-1] != "seed" and not k.startswith(skip)}
     return json.dumps(kept, sort_keys=True, default=str)
 
