@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL=(audio_input_study audio_epochs_study audio_only image_only_mnist_refit default match_accurate match_labels_only fusion_study
+ALL=(audio_input_study audio_epochs_study audio_ensemble_study audio_only image_only_mnist_refit default match_accurate match_labels_only fusion_study
      fusion_study_match_labels_only image_only image_only_mnist digit fusion_search match_from_experts_study
      match_from_experts
      search_lr_width)
@@ -42,6 +42,16 @@ for name in "${@:-${ALL[@]}}"; do
       python -m mmdigits.train experiment="$name" && python -m mmdigits.train experiment=audio_cmvn_study
       runs+=(logs/train/multiruns/audio_cmvn_study) && metric=val/acc ;;
     audio_epochs_study) python -m mmdigits.train experiment="$name" && metric=val/acc ;;  # never tested
+    audio_ensemble_study)  # never tested: 12 runs, then each fold's three scored together on its validation part
+      python -m mmdigits.train experiment="$name"
+      sweep=logs/train/multiruns/$name
+      for fold in 0 1 2 3; do
+        members=$(ls "$sweep"/*_fold$fold/checkpoints/last_epoch.ckpt | paste -sd, -)
+        [[ -f $sweep/ensemble3_fold$fold/metrics.json ]] || python -m mmdigits.evaluate split=val \
+          data=speaker_folds data.fold=$fold data.val_fraction=0.25 seed=0 "ckpt_path=[$members]" \
+          "hydra.run.dir=$sweep/ensemble3_fold$fold"
+      done
+      metric=val/acc ;;
     match_from_experts_study) python -m mmdigits.train experiment="$name" && metric=val/acc_best ;;  # never tested
     fusion_search) python -m mmdigits.train experiment="$name" && metric=val/acc_best ;;  # never tested
     search_lr_width)  # an Optuna search with pruning, the same without; the best trial tested once, after

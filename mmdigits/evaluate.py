@@ -21,7 +21,7 @@ from mmdigits.models.ensemble import check_validation_part, load_members_and_dat
 from mmdigits.models.loading import single_checkpoint_path
 from mmdigits.utils.cli import clean_errors
 from mmdigits.utils.io import atomic_save_npy
-from mmdigits.utils.run import PREDICTIONS_FILE, metrics_to_floats, write_json
+from mmdigits.utils.run import PREDICTIONS_FILE, environment, metrics_to_floats, write_json
 from mmdigits.utils.rundir import claim_output_dir, claimed
 
 log = logging.getLogger("mmdigits.evaluate")
@@ -52,8 +52,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if len(models) == 1:
             del metrics["val/member_acc"]
         metrics["ckpt_path"] = paths if len(paths) > 1 else paths[0]
+        metrics["environment"] = environment()
         write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
-        log.info("validation metrics: %s", metrics)
+        log.info("validation metrics: %s", {k: v for k, v in metrics.items() if k.startswith("val/")})
         return metrics
     if not datamodule.has_test_labels:
         raise MMDigitsError(f"{cfg.data.dir}: no test labels (match_test.npy), so there is nothing to score")
@@ -66,6 +67,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if model.test_predictions is not None:
             atomic_save_npy(Path(cfg.paths.output_dir) / PREDICTIONS_FILE, model.test_predictions.numpy())
     metrics["ckpt_path"] = paths if len(paths) > 1 else paths[0]
+    metrics["environment"] = environment()  # where it was scored
     if cfg.get("robustness", False):
         from mmdigits.analysis.robustness import robustness_report
 

@@ -52,6 +52,7 @@ def test_a_checkpoint_scores_on_validation_what_its_run_logged(runs, tiny_datase
     metrics = evaluate(val_cfg([last(run)], tiny_dataset_dir, tmp_path, "data.val_fraction=0.25", "seed=0"))
     assert not any(k.startswith("test/") for k in metrics)
     assert metrics["val/acc"] == pytest.approx(run["val/acc"], abs=1e-6)
+    assert metrics["environment"]["torch"] == torch.__version__  # where it was scored, as a run records it
 
 
 def test_an_ensemble_on_validation_scores_the_mean_probability(runs, tiny_dataset_dir, tmp_path):

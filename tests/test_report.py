@@ -220,7 +220,7 @@ def test_an_ensembles_evaluation_beside_its_members_is_reported(runs, tmp_path, 
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     df = runs_frame([sweep]).set_index("run")
     assert df.loc["ensemble2", "params"] == df.loc["0_cnn1d_cnn", "params"] + df.loc["1_cnn1d_cnn", "params"]
-    assert df.loc["ensemble2", "group"] == "ensemble=2 runs"  # named as its members' runs are, and by its size
+    assert df.loc["ensemble2", "group"] == "ensemble=2 runs"  # named by its size
     assert set(df.drop("ensemble2")["group"]) == {"ensemble=none"}  # the members still one group
     for column in ("model", "audio_encoder", "image_encoder", "fusion", "task"):
         assert df.loc["ensemble2", column] == df.loc["0_cnn1d_cnn", column], column
