@@ -14,15 +14,15 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mmdigits.errors import MMDigitsError
 from mmdigits.models.ensemble import check_validation_part, load_members_and_data, score_ensemble
 from mmdigits.models.loading import single_checkpoint_path
 from mmdigits.utils.cli import clean_errors
-from mmdigits.utils.io import atomic_save_npy
+from mmdigits.utils.io import atomic_save_npy, atomic_write_json
 from mmdigits.utils.run import PREDICTIONS_FILE, environment, metrics_to_floats, write_json
-from mmdigits.utils.rundir import claim_output_dir, claimed
+from mmdigits.utils.rundir import RUN_FILE, claim_output_dir, claimed
 
 log = logging.getLogger("mmdigits.evaluate")
 
@@ -77,9 +77,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
         metrics["calibration"] = calibration_report(model, datamodule)
         log.info("calibration: %s", metrics["calibration"])
+    record_data(cfg, model)
     write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     log.info("test metrics: %s", {k: v for k, v in metrics.items() if k.startswith("test/")})
     return metrics
+
+
+def record_data(cfg: DictConfig, model: Any) -> None:
+    """``run.json``: the resolved data settings it was scored on (the task: the model's), which readers of the
+    directory take as plain data, as they take a training run's (the report's errors by speaker)."""
+    data = {**OmegaConf.to_container(cfg.data, resolve=True), "task": model.task.name}
+    atomic_write_json(Path(cfg.paths.output_dir) / RUN_FILE, {"data": data})
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

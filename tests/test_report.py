@@ -224,3 +224,5 @@ def test_an_ensembles_evaluation_beside_its_members_is_reported(runs, tmp_path, 
     assert set(df.drop("ensemble2")["group"]) == {"ensemble=none"}  # the members still one group
     for column in ("model", "audio_encoder", "image_encoder", "fusion", "task"):
         assert df.loc["ensemble2", column] == df.loc["0_cnn1d_cnn", column], column
+    by_speaker = (sweep / "report.md").read_text().split("## Errors by speaker")[1]
+    assert "### `ensemble=2 runs`" in by_speaker  # from the data the ensemble was scored on
