@@ -4,6 +4,7 @@ real commands, with one line naming the file (exit status 2), and their payload 
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import shutil
@@ -379,3 +380,16 @@ def test_report_reads_a_shared_run_directory_as_data(data, tiny_dataset_dir, tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not marker.exists(), "the run directory's config was run"
     assert (run / "report.md").is_file() and (run / "confusion.png").is_file()
+
+
+def test_ensemble_runs_that_name_each_other_as_members_are_read_once(tmp_path):
+    """An ensemble's metrics.json names its members' checkpoints, and the report reads the first member's run
+    for its names; two crafted directories that name each other must not send it round in circles."""
+    for me, other in (("a", "b"), ("b", "a")):
+        (tmp_path / me).mkdir()
+        member = str(tmp_path / other / "checkpoints" / "x.ckpt")
+        (tmp_path / me / "metrics.json").write_text(
+            json.dumps({"test/acc": 0.5, "ckpt_path": [member, member]})
+        )
+    proc = run_cli("mmdigits.report", str(tmp_path))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]

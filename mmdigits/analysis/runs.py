@@ -113,8 +113,9 @@ def _name(cfg: dict[str, Any], choices: dict[str, Any], group: str) -> str | Non
     return str(target).rsplit(".", 1)[-1] if target else None
 
 
-def load_run(run_dir: Path, root: Path | None = None) -> dict[str, Any]:
-    """One report row: names, config, metrics and paths of a run directory."""
+def load_run(run_dir: Path, root: Path | None = None, members: bool = True) -> dict[str, Any]:
+    """One report row: names, config, metrics and paths of a run directory (an ensemble's evaluation is named
+    after its first member's run, read without following members further)."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     cfg = flatten(_yaml(run_dir / ".hydra" / "config.yaml") or {})
     choices = ((_yaml(run_dir / ".hydra" / "hydra.yaml") or {}).get("hydra") or {}).get("runtime", {})
@@ -143,14 +144,14 @@ def load_run(run_dir: Path, root: Path | None = None) -> dict[str, Any]:
     row.update({k: metrics.get(k) for k in SHOWN_AS_IS})
     row.update({"dir": str(run_dir), "ckpt": str(ckpt) if ckpt else None, "overrides": " ".join(overrides)})
     row["config"], row["choices"] = cfg, descriptors(choices, overrides)
-    members = metrics.get("ckpt_path")
-    if isinstance(members, list) and members:  # an ensemble's evaluation: named after its first member's run
-        row["choices"] = {"ensemble": f"{len(members)} runs"}
-        first = Path(members[0]).parent.parent
-        if (first / "metrics.json").is_file():
-            base = load_run(first, root)
+    ckpts = metrics.get("ckpt_path")
+    if isinstance(ckpts, list) and ckpts:  # an ensemble's evaluation
+        row["choices"] = {"ensemble": f"{len(ckpts)} runs"}
+        first = Path(str(ckpts[0])).parent.parent
+        if members and (first / "metrics.json").is_file():
+            base = load_run(first, root, members=False)
             row.update({k: base[k] for k in ("model", "audio_encoder", "image_encoder", "fusion", "task")})
-            row["config"] = {**base["config"], "ensemble": len(members)}
+            row["config"] = {**base["config"], "ensemble": len(ckpts)}
             row["choices"] = {**base["choices"], **row["choices"]}
     return row
 
