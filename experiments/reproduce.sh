@@ -23,9 +23,9 @@ for name in "${@:-${ALL[@]}}"; do
   metric=test/acc
   runs=("logs/train/multiruns/$name")
   case $name in
-    audio_only)  # the corpus split, then speaker-grouped 4-fold cross-validation next to MiniRocket
+    audio_only)  # the corpus split, then speaker-grouped 4-fold CV next to MiniRocket (single runs, ensembles of 3)
       train audio_only experiment=audio_only
-      python -m mmdigits.bench.peers --folds 4 --seeds 0 --out logs/bench/audio_only_folds \
+      python -m mmdigits.bench.peers --folds 4 --seeds 0 --members 3 --out logs/bench/audio_only_folds \
         > experiments/audio_only/peers_folds.md
       runs+=(logs/bench/audio_only_folds) ;;
     default)  # the corpus split, then speaker-grouped 4-fold cross-validation (seed 0 per fold)

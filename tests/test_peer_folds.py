@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from mmdigits.data.build import build_dataset
@@ -48,8 +49,13 @@ def test_peer_and_ours_and_our_ensembles_on_the_same_speaker_folds(tiny_raw_dir,
     runs = tmp_path / "runs"
     assert len(list(runs.glob("audio_only*fold-0*seed0/test_predictions.npy"))) == 1
     assert len(list(runs.glob("audio_only*fold-0*seed100/test_predictions.npy"))) == 1  # the second member
-    ensembles = sorted(p.parent.name for p in runs.glob("ensemble2*/test_predictions.npy"))
-    assert len(ensembles) == 2 and all("fold" in name for name in ensembles)
+    ensembles = sorted(runs.glob("ensemble2*fold-0*/test_predictions.npy"))
+    assert len(ensembles) == 1 and len(list(runs.glob("ensemble2*fold-1*/test_predictions.npy"))) == 1
+    single = np.load(next(runs.glob("audio_only*fold-0*seed0/test_predictions.npy")))
+    ensemble = np.load(ensembles[0])  # the same rows (the test pairs' own indices), so they pair
+    assert np.array_equal(ensemble[:, :2], single[:, :2]) and not np.array_equal(
+        single[:, 0], np.arange(len(single))
+    )
 
 
 def test_the_fold_is_the_commands_to_set(capsys):

@@ -62,9 +62,15 @@ def row_proba(trainer: L.Trainer, model: MultimodalModule, loader: Any) -> Tenso
 
 def row_targets(loader: Any) -> Tensor:
     """``loader``'s targets in row order."""
+    return rows_and_targets(loader)[1]
+
+
+def rows_and_targets(loader: Any) -> tuple[Tensor, Tensor]:
+    """``loader``'s row indices (its pairs' own, sorted) and their targets."""
     batches = list(loader)
     index = torch.cat([b["index"] for b in batches])
-    return torch.cat([b["target"] for b in batches])[torch.argsort(index)]
+    order = torch.argsort(index)
+    return index[order], torch.cat([b["target"] for b in batches])[order]
 
 
 def mean_proba(trainer: L.Trainer, models: Sequence[MultimodalModule], loader: Any) -> Tensor:
@@ -94,12 +100,12 @@ def score_ensemble(
 ) -> tuple[dict[str, Any], Tensor]:
     """The ensemble's metrics on ``loader``'s rows, plus each member's accuracy (``<prefix>member_acc``), and
     its prediction rows (index, target, decision, probability; as a run's ``test_predictions.npy``)."""
-    target = row_targets(loader)
+    index, target = rows_and_targets(loader)
     probas = [row_proba(trainer, m, loader) for m in models]
     task, mean = models[0].task, torch.stack(probas).mean(0)
     metrics: dict[str, Any] = score(task, mean, target, prefix)
     metrics[f"{prefix}member_acc"] = [score(task, p, target, prefix)[f"{prefix}acc"] for p in probas]
-    return metrics, task.prediction_rows(torch.arange(len(target)), target, mean)
+    return metrics, task.prediction_rows(index, target, mean)
 
 
 # what carves a build's validation part: the data settings, as a run's datamodule saved them in its checkpoint
