@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mmdigits.analysis.runs import runs_frame
 from mmdigits.data.build import build_dataset
 
 SMALL = {"n_train": 300, "n_test": 150, "match_rate": 0.3}
@@ -56,6 +57,9 @@ def test_peer_and_ours_and_our_ensembles_on_the_same_speaker_folds(tiny_raw_dir,
     assert np.array_equal(ensemble[:, :2], single[:, :2]) and not np.array_equal(
         single[:, 0], np.arange(len(single))
     )
+    report = runs_frame([runs])  # each ensemble is read as of its members' fold and first seed
+    ensembles = report[report["run"].str.startswith("ensemble2")]
+    assert sorted(ensembles["fold"]) == [0, 1] and set(ensembles["seed"]) == {0}
 
 
 def test_the_fold_is_the_commands_to_set(capsys):

@@ -150,7 +150,8 @@ def load_run(run_dir: Path, root: Path | None = None, members: bool = True) -> d
         first = Path(str(ckpts[0])).parent.parent
         if members and (first / "metrics.json").is_file():
             base = load_run(first, root, members=False)
-            row.update({k: base[k] for k in ("model", "audio_encoder", "image_encoder", "fusion", "task")})
+            named = ("model", "audio_encoder", "image_encoder", "fusion", "task", "fold", "seed")
+            row.update({k: base[k] for k in named})
             row["config"] = {**base["config"], "ensemble": len(ckpts)}
             row["choices"] = {**base["choices"], **row["choices"]}
     return row
