@@ -202,3 +202,19 @@ def test_a_validation_only_record_is_indexed_without_a_test_figure(tmp_path):
     index = records.write_index(exp.parent).read_text()
     row = next(line for line in index.splitlines() if "[study](study/README.md)" in line)
     assert "| 24 |" in row and "val/acc" in row and "2 × Some CPU" in row
+
+
+def test_a_record_on_the_corpus_split_and_the_speaker_folds_keeps_both_in_the_index(tmp_path):
+    """Unseen speakers are claimed beside their cross-validated figure: a record of more than two groups shows
+    the best group of each data split, not only its best group."""
+    exp = tmp_path / "experiments" / "audio"
+    exp.mkdir(parents=True)
+    group = {"seeds": [0], "n": 3, "ci_seeds": [0.9, 1.0], "ci_pairs": [0.9, 1.0], "wall_s": None,
+             "pairs_per_s": None}  # fmt: skip
+    names = [("data=default ensemble=none", 0.997), ("data=speaker_folds ensemble=3 runs", 0.9964),
+             ("data=speaker_folds ensemble=none", 0.9963)]  # fmt: skip
+    summary = {"name": "audio", "command": "c", "environments": [],
+               "groups": [{**group, "group": g, "mean": m} for g, m in names]}  # fmt: skip
+    (exp / records.SUMMARY_FILE).write_text(json.dumps(summary))
+    table = records.headline_table(exp.parent)
+    assert "0.9970" in table and "0.9964" in table and "0.9963" not in table

@@ -317,12 +317,22 @@ def summaries(experiments: Path) -> list[tuple[Path, dict[str, Any]]]:
     return out
 
 
+def shown_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A study's groups in the index: its best, or the best on each data split where its groups name one
+    (``data=default`` and ``data=speaker_folds``: a corpus-split figure is never shown without its folds')."""
+    best: dict[str | None, dict[str, Any]] = {}
+    for g in groups:  # best first
+        split = next((w for w in g["group"].split() if w.startswith("data=")), None)
+        best.setdefault(split, g)
+    return list(best.values())
+
+
 def headline_table(experiments: Path, link_prefix: str = "experiments/") -> str:
     """The README's results: per record, each group's mean test accuracy and 95 % CI over its runs (a
     record of more than two groups, a study: its best group)."""
     rows = []
     for record, s in summaries(experiments):
-        groups = s["groups"] if len(s["groups"]) <= 2 else s["groups"][:1]  # a study: its best group
+        groups = s["groups"] if len(s["groups"]) <= 2 else shown_groups(s["groups"])
         for g in groups:
             more = f" (best of {len(s['groups'])} groups)" if len(s["groups"]) > 2 else ""
             rows.append(
