@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmdigits.analysis import records
+from mmdigits.analysis import index, records
 from mmdigits.analysis.plots import plot_curves, write_confusion
 from mmdigits.analysis.runs import COLUMNS, markdown_table, runs_frame, seed_groups, sort_runs
 from mmdigits.analysis.speakers import speaker_section
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.search:
             path = write_search_report(a.search, a.out, a.record)
         if a.index:
-            path = records.write_index(Path(a.index))
+            path = index.write_index(Path(a.index))
     except (FileNotFoundError, KeyError, ValueError, MMDigitsError) as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE

@@ -68,7 +68,7 @@ def test_each_readme_train_command_composes(overrides, tmp_path):
 
 def test_the_readme_results_are_the_records_figures():
     """The README's results block is what the index command writes from the records' summary.json files."""
-    from mmdigits.analysis.records import README_BEGIN, README_END, headline_table
+    from mmdigits.analysis.index import README_BEGIN, README_END, headline_table
 
     text = (REPO / "README.md").read_text()
     block = text.split(README_BEGIN, 1)[1].split(README_END, 1)[0]

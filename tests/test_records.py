@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from mmdigits.analysis import records, stats
+from mmdigits.analysis import index, records, stats
 from mmdigits.analysis.runs import runs_frame
 from mmdigits.report import main as report_main
 from tests.trained_runs import trained_run
@@ -123,10 +123,10 @@ def test_record_is_regenerated_below_its_marker_and_indexed(two_groups, tmp_path
     assert report_main([str(two_groups), "--record", str(record)]) == 0
     assert (record / "README.md").read_text().count(records.MARKER) == 1
     readme = record.parent.parent / "README.md"
-    readme.write_text(f"# project\n\n{records.README_BEGIN}\nstale\n{records.README_END}\n\nmore text\n")
+    readme.write_text(f"# project\n\n{index.README_BEGIN}\nstale\n{index.README_END}\n\nmore text\n")
     assert report_main(["--index", str(record.parent)]) == 0
-    index = (record.parent / "README.md").read_text()
-    assert "[tiny](tiny/README.md)" in index and "fusion=late" in index
+    written = (record.parent / "README.md").read_text()
+    assert "[tiny](tiny/README.md)" in written and "fusion=late" in written
     best = max(summary["groups"], key=lambda g: g["mean"])
     text = readme.read_text()
     assert "stale" not in text and text.endswith("more text\n")
@@ -187,7 +187,7 @@ def test_a_record_that_compares_its_recipe_with_others_is_indexed_by_its_own_run
                "groups": [{**group, "group": "experiment=other", "mean": 0.99},
                           {**group, "group": "experiment=mine", "mean": 0.98}]}  # fmt: skip
     (exp / records.SUMMARY_FILE).write_text(json.dumps(summary))
-    table = records.headline_table(exp.parent)
+    table = index.headline_table(exp.parent)
     assert "0.9800" in table and "0.9900" not in table
 
 
@@ -199,8 +199,8 @@ def test_a_validation_only_record_is_indexed_without_a_test_figure(tmp_path):
     summary = {"name": "study", "command": "bash experiments/reproduce.sh study", "environments": [env],
                "groups": [], "runs": 24, "metric": "val/acc"}  # fmt: skip
     (exp / records.SUMMARY_FILE).write_text(json.dumps(summary))
-    index = records.write_index(exp.parent).read_text()
-    row = next(line for line in index.splitlines() if "[study](study/README.md)" in line)
+    written = index.write_index(exp.parent).read_text()
+    row = next(line for line in written.splitlines() if "[study](study/README.md)" in line)
     assert "| 24 |" in row and "val/acc" in row and "2 × Some CPU" in row
 
 
@@ -216,5 +216,5 @@ def test_a_record_on_the_corpus_split_and_the_speaker_folds_keeps_both_in_the_in
     summary = {"name": "audio", "command": "c", "environments": [],
                "groups": [{**group, "group": g, "mean": m} for g, m in names]}  # fmt: skip
     (exp / records.SUMMARY_FILE).write_text(json.dumps(summary))
-    table = records.headline_table(exp.parent)
+    table = index.headline_table(exp.parent)
     assert "0.9970" in table and "0.9964" in table and "0.9963" not in table
