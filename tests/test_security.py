@@ -391,5 +391,7 @@ def test_ensemble_runs_that_name_each_other_as_members_are_read_once(tmp_path):
         (tmp_path / me / "metrics.json").write_text(
             json.dumps({"test/acc": 0.5, "ckpt_path": [member, member]})
         )
+    (tmp_path / "c").mkdir()  # and members that are not paths at all
+    (tmp_path / "c" / "metrics.json").write_text(json.dumps({"test/acc": 0.5, "ckpt_path": [1, {"x": [2]}]}))
     proc = run_cli("mmdigits.report", str(tmp_path))
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]

@@ -70,8 +70,8 @@ def checkpoint_path(run_dir: Path, metrics: dict[str, Any]) -> Path | None:
     """The run's best checkpoint: metrics.json's file in this run's checkpoints/ folder (the run may have been
     moved or copied since), else metrics.json's path, else the folder's last epoch checkpoint."""
     best = metrics.get("best_model_path") or metrics.get("ckpt_path")
-    if isinstance(best, list):  # an ensemble's evaluation (ckpt_path=[a,b]): no checkpoint of its own
-        return None
+    if not isinstance(best, str):  # an ensemble's evaluation (ckpt_path=[a,b]), or not a path at all
+        best = None
     if best and (run_dir / "checkpoints" / Path(best).name).is_file():
         return run_dir / "checkpoints" / Path(best).name
     if best and Path(best).is_file():
@@ -81,9 +81,16 @@ def checkpoint_path(run_dir: Path, metrics: dict[str, Any]) -> Path | None:
     return (named or ckpts or [None])[-1]
 
 
-def count_params(ckpt: Path | None, members: Any = None) -> int | None:
+def ensemble_members(metrics: dict[str, Any]) -> list[str] | None:
+    """An ensemble evaluation's checkpoints (``metrics.json``'s ``ckpt_path``: a list of paths), else None."""
+    ckpts = metrics.get("ckpt_path")
+    ok = isinstance(ckpts, list) and ckpts and all(isinstance(c, str) for c in ckpts)
+    return ckpts if ok else None
+
+
+def count_params(ckpt: Path | None, members: list[str] | None = None) -> int | None:
     """The checkpoint's parameters; an ensemble's (``members``: its checkpoints) are its members' together."""
-    if isinstance(members, list):
+    if members:
         counts = [count_params(Path(m)) for m in members]
         return None if None in counts else sum(c for c in counts if c is not None)
     if ckpt is None:
@@ -135,7 +142,7 @@ def load_run(run_dir: Path, root: Path | None = None, members: bool = True) -> d
         "task": cfg.get("data.task"),
         "seed": cfg.get("seed"),
         "fold": cfg.get("data.fold") if cfg.get("data.split") == "speaker_folds" else None,
-        "params": count_params(ckpt, metrics.get("ckpt_path")),
+        "params": count_params(ckpt, ensemble_members(metrics)),
         "epochs": metrics.get("epochs"),
         "stopped_by": metrics.get("stopped_by"),
         "wall_time_s": metrics.get("wall_time_s"),
@@ -144,10 +151,10 @@ def load_run(run_dir: Path, root: Path | None = None, members: bool = True) -> d
     row.update({k: metrics.get(k) for k in SHOWN_AS_IS})
     row.update({"dir": str(run_dir), "ckpt": str(ckpt) if ckpt else None, "overrides": " ".join(overrides)})
     row["config"], row["choices"] = cfg, descriptors(choices, overrides)
-    ckpts = metrics.get("ckpt_path")
-    if isinstance(ckpts, list) and ckpts:  # an ensemble's evaluation
+    ckpts = ensemble_members(metrics)
+    if ckpts:  # an ensemble's evaluation
         row["choices"] = {"ensemble": f"{len(ckpts)} runs"}
-        first = Path(str(ckpts[0])).parent.parent
+        first = Path(ckpts[0]).parent.parent
         if members and (first / "metrics.json").is_file():
             base = load_run(first, root, members=False)
             named = ("model", "audio_encoder", "image_encoder", "fusion", "task", "fold", "seed")
