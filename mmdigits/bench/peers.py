@@ -21,8 +21,8 @@ members' runs plus that command; its rate, the members' rates combined (they run
 
 ``--folds K`` runs both on each fold of speaker-grouped cross-validation (``data=speaker_folds``): the peer
 and our seeds on the same folds, with the paired per-fold differences (McNemar's test per fold and seed, a
-paired permutation test over every fold's utterances); with ``--members N``, for our single runs and for our
-ensembles of N, each against the peer.
+paired permutation test over every fold's utterances); with ``--members N``, for our single runs (the seeds
+given) and for our ensembles of N (seeds s, s + 100, ...), each against the peer.
 
 Hydra overrides (``key=value`` words, anywhere in the command) change our runs, and the split the peer reads
 where they touch the data: ``python -m mmdigits.bench.peers audio_encoder=rocket`` puts MiniRocket as our
