@@ -117,21 +117,21 @@ def test_peers_bench_side_by_side(tiny_dataset_dir, tmp_path, capsys):
     from mmdigits.bench.peers import main
 
     args = ["--data-dir", str(tiny_dataset_dir), "--seeds", "0", "--members", "2", "--out", str(tmp_path)]
-    assert main([*args, "--experiment", "audio_only"]) == 0
+    assert main([*args, "--experiment", "audio_only", "trainer.max_epochs=2"]) == 0
     out = capsys.readouterr().out
     rows = [r for r in out.splitlines() if r.startswith("| ") and "---" not in r]
     peer = next(r for r in rows if "MiniRocket" in r).split(" | ")
     assert 0 <= float(peer[1].split()[0]) <= 1 and float(peer[2]) > 0 and "wrong" in peer[1]
     ours = [r.split(" | ") for r in rows if r.startswith("| ours, experiment=audio_only")]
     assert [r[0] for r in ours] == [
-        "| ours, experiment=audio_only, seed=0",
-        "| ours, experiment=audio_only, seed=100",
+        "| ours, experiment=audio_only trainer.max_epochs=2, seed=0",
+        "| ours, experiment=audio_only trainer.max_epochs=2, seed=100",
     ]
     assert all(r[4] == "whole run: train on every row, test |" for r in ours)  # no validation part
     assert "mean of 2 seeds" in out
-    assert len(list(tmp_path.glob("audio_only_seed*/metrics.json"))) == 2
+    assert len(list(tmp_path.glob("audio_only_trainer.max_epochs-2_seed*/metrics.json"))) == 2
     ens = next(r for r in rows if r.startswith("| ours, ensemble of the 2 runs")).split(" | ")
-    evaluated = json.loads((tmp_path / "ensemble2_seed0" / "metrics.json").read_text())
+    evaluated = json.loads((tmp_path / "ensemble2_trainer.max_epochs-2_seed0" / "metrics.json").read_text())
     assert float(ens[1]) == pytest.approx(evaluated["test/acc"], abs=5e-5)
     assert len(evaluated["ckpt_path"]) == 2 and float(ens[2]) > sum(float(r[2]) for r in ours)
 

@@ -21,7 +21,7 @@ from mmdigits.data.samplers import EvalBatchSampler, TrainBatchSampler
 from mmdigits.evaluate import evaluate
 from mmdigits.models.loading import load_checkpoint_model
 from tests.hydra_utils import compose_cfg
-from tests.test_reliability import QUIET, read_metrics, run_cli, train_args
+from tests.test_reliability import read_metrics, run_cli, train_args
 
 DDP_TOLERANCE = 0.05
 
@@ -70,7 +70,12 @@ def test_datamodule_shards_its_train_rows_across_ranks(make_tiny_datamodule):
 
 
 @pytest.mark.slow
-def test_ddp_cpu_trains_validates_tests_and_only_rank0_writes(tmp_path, tiny_dataset_dir):
+def test_ddp_cpu_trains_validates_tests_only_rank0_writes_and_ranks_agree_to_resume(
+    tmp_path, tiny_dataset_dir
+):
+    """A 2-process sweep job next to the same run in one process; then, cut short, the job is resumed: rank 0
+    resumes it from its last.ckpt, and the other ranks, which Lightning starts later with the same command
+    line, read the same decision from the directory."""
     # threshold_from_val: every rank must tune its shift on all ranks' validation predictions (checked below)
     common = [
         "trainer.max_epochs=3",
@@ -78,16 +83,15 @@ def test_ddp_cpu_trains_validates_tests_and_only_rank0_writes(tmp_path, tiny_dat
         "callbacks.early_stopping=null",
         "model.threshold_from_val=true",
     ]
-    single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
+    single_dir, sweep, ddp_dir = tmp_path / "single", tmp_path / "sweep", tmp_path / "sweep" / "job"
     single = run_cli(
         "mmdigits.train", *train_args(tiny_dataset_dir, single_dir, *common, "data.batch_size=16")
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = run_cli(
-        "mmdigits.train",
-        *train_args(tiny_dataset_dir, ddp_dir, *common, "trainer=ddp_cpu", "data.batch_size=8"),
-        timeout=600,
-    )
+    in_a_sweep = [f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=job"]
+    ddp_args = ["-m", *train_args(tiny_dataset_dir, ddp_dir, *common, "trainer=ddp_cpu", "data.batch_size=8")]
+    ddp_args += in_a_sweep
+    ddp = run_cli("mmdigits.train", *ddp_args, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     a, b = read_metrics(single_dir), read_metrics(ddp_dir)
 
@@ -141,23 +145,10 @@ def test_ddp_cpu_trains_validates_tests_and_only_rank0_writes(tmp_path, tiny_dat
     ckpts = sorted(p.name for p in (ddp_dir / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts and all(p.endswith(".ckpt") for p in ckpts)
 
-
-@pytest.mark.slow
-def test_ddp_ranks_agree_to_resume_a_sweep_job_cut_short(tmp_path, tiny_dataset_dir):
-    """Rank 0 resumes a sweep job that was cut short from its last.ckpt; the other ranks, which Lightning
-    starts later with the same command line, read the same decision from the directory."""
-    sweep = tmp_path / "sweep"
-    args = ["-m", f"data.dir={tiny_dataset_dir}", f"hydra.sweep.dir={sweep}", "seed=0", "trainer=ddp_cpu",
-            "trainer.max_epochs=2", "data.bucketing=false", "data.batch_size=8", "logger=csv",
-            "callbacks.early_stopping=null", *QUIET]  # fmt: skip
-    first = run_cli("mmdigits.train", *args, timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
-    (job,) = [p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()]
-    done = read_metrics(job)
-    (job / "metrics.json").unlink()  # cut short after its last checkpoint, before the test stage
-    again = run_cli("mmdigits.train", *args, timeout=300)
+    (ddp_dir / "metrics.json").unlink()  # cut short after its last checkpoint, before the test stage
+    again = run_cli("mmdigits.train", *ddp_args, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"sweep job {job.name}: partial, resuming" in again.stdout + again.stderr
-    resumed = read_metrics(job)
-    assert (resumed["global_step"], resumed["epochs"]) == (done["global_step"], done["epochs"])
-    assert resumed["test/acc"] == pytest.approx(done["test/acc"], abs=1e-6)
+    assert "sweep job job: partial, resuming" in again.stdout + again.stderr
+    resumed = read_metrics(ddp_dir)
+    assert (resumed["global_step"], resumed["epochs"]) == (b["global_step"], b["epochs"])
+    assert resumed["test/acc"] == pytest.approx(b["test/acc"], abs=1e-6)
