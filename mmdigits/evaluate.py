@@ -8,6 +8,7 @@ the runs' own data settings: an ensemble, or any other choice, can then be made 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ log = logging.getLogger("mmdigits.evaluate")
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test the checkpoint's model (or the ensemble of a list of checkpoints) on ``cfg.data``'s test split;
     writes ``metrics.json``."""
+    start = time.perf_counter()
     L.seed_everything(cfg.get("seed", 0), workers=True)
     split = cfg.get("split", "test")
     if split not in ("test", "val"):
@@ -53,6 +55,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             del metrics["val/member_acc"]
         metrics["ckpt_path"] = paths if len(paths) > 1 else paths[0]
         metrics["environment"] = environment()
+        metrics["wall_time_s"] = round(time.perf_counter() - start, 2)
         write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
         log.info("validation metrics: %s", {k: v for k, v in metrics.items() if k.startswith("val/")})
         return metrics
@@ -78,6 +81,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         metrics["calibration"] = calibration_report(model, datamodule)
         log.info("calibration: %s", metrics["calibration"])
     record_data(cfg, model)
+    metrics["wall_time_s"] = round(time.perf_counter() - start, 2)  # an ensemble's: its members' runs apart
     write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     log.info("test metrics: %s", {k: v for k, v in metrics.items() if k.startswith("test/")})
     return metrics

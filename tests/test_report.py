@@ -227,5 +227,9 @@ def test_an_ensembles_evaluation_beside_its_members_is_reported(runs, tmp_path, 
     assert set(df.drop("ensemble2")["group"]) == {"ensemble=none"}  # the members still one group
     for column in ("model", "audio_encoder", "image_encoder", "fusion", "task"):
         assert df.loc["ensemble2", column] == df.loc["0_cnn1d_cnn", column], column
+    # its time is what it cost: its members' runs and its own evaluation
+    members_s = df.loc["0_cnn1d_cnn", "wall_time_s"] + df.loc["1_cnn1d_cnn", "wall_time_s"]
+    own_s = json.loads((sweep / "ensemble2" / "metrics.json").read_text())["wall_time_s"]
+    assert own_s > 0 and df.loc["ensemble2", "wall_time_s"] == pytest.approx(members_s + own_s, abs=0.01)
     by_speaker = (sweep / "report.md").read_text().split("## Errors by speaker")[1]
     assert "### `ensemble=2 runs`" in by_speaker  # from the data the ensemble was scored on

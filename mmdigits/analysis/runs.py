@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mmdigits.errors import MMDigitsError, first_line
 from mmdigits.utils.plain import load_yaml_data
 
 log = logging.getLogger("mmdigits.report")
@@ -44,6 +45,20 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
         found = [p] if (p / "metrics.json").is_file() else sorted(m.parent for m in p.rglob("metrics.json"))
         runs.update(dict.fromkeys(r.resolve() for r in found))
     return list(runs)
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """A run's ``metrics.json``: a JSON object, else MMDigitsError naming the file."""
+    path = Path(run_dir) / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise MMDigitsError(f"{path}: not a readable metrics file: {first_line(err)}") from err
+    if not isinstance(metrics, dict):
+        raise MMDigitsError(
+            f"{path}: expected a JSON object of a run's metrics, found {type(metrics).__name__}"
+        )
+    return metrics
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -88,6 +103,18 @@ def ensemble_members(metrics: dict[str, Any]) -> list[str] | None:
     return ckpts if ok else None
 
 
+def ensemble_wall_time(own: Any, members: list[str]) -> float | None:
+    """What an ensemble cost: its members' runs (their ``metrics.json``) and its own evaluation."""
+    times = [own]
+    for ckpt in members:
+        try:
+            times.append(read_metrics(Path(ckpt).parent.parent).get("wall_time_s"))
+        except MMDigitsError:  # a member moved or unreadable: the cost is not known
+            times.append(None)
+    ok = all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in times)
+    return float(sum(times)) if ok else None
+
+
 def count_params(ckpt: Path | None, members: list[str] | None = None) -> int | None:
     """The checkpoint's parameters; an ensemble's (``members``: its checkpoints) are its members' together."""
     if members:
@@ -123,7 +150,7 @@ def _name(cfg: dict[str, Any], choices: dict[str, Any], group: str) -> str | Non
 def load_run(run_dir: Path, root: Path | None = None, members: bool = True) -> dict[str, Any]:
     """One report row: names, config, metrics and paths of a run directory (an ensemble's evaluation is named
     after its first member's run, read without following members further)."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_metrics(run_dir)
     cfg = flatten(_yaml(run_dir / ".hydra" / "config.yaml") or {})
     choices = ((_yaml(run_dir / ".hydra" / "hydra.yaml") or {}).get("hydra") or {}).get("runtime", {})
     choices = choices.get("choices") or {}
@@ -155,11 +182,17 @@ def load_run(run_dir: Path, root: Path | None = None, members: bool = True) -> d
     if ckpts:  # an ensemble's evaluation
         row["choices"] = {"ensemble": f"{len(ckpts)} runs"}
         first = Path(ckpts[0]).parent.parent
+        base = None
         if members and (first / "metrics.json").is_file():
-            base = load_run(first, root, members=False)
+            try:
+                base = load_run(first, root, members=False)
+            except MMDigitsError as err:  # named as an ensemble only
+                log.warning("%s", err)
+        if base is not None:
             named = ("model", "audio_encoder", "image_encoder", "fusion", "task", "fold", "seed")
             row.update({k: base[k] for k in named})
             row["config"] = {**base["config"], "ensemble": len(ckpts)}
+            row["wall_time_s"] = ensemble_wall_time(row["wall_time_s"], ckpts)
             row["choices"] = {**base["choices"], **row["choices"]}
     return row
 

@@ -14,7 +14,6 @@ and its ``metrics.json`` there gives the record its test figure.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections import Counter
@@ -25,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from mmdigits.analysis import stats
-from mmdigits.analysis.runs import markdown_table
+from mmdigits.analysis.runs import markdown_table, read_metrics
 from mmdigits.search import JOURNAL_FILE  # the package itself imports no optuna
 
 BEST_TEST_DIR = "best_trial_test"
@@ -53,8 +52,7 @@ def load_trials(sweep_dir: Path) -> tuple[str, list[Any]]:
 
 def _metrics(trial: Any) -> dict[str, Any]:
     run_dir = trial.user_attrs.get("run_dir")
-    path = Path(run_dir) / "metrics.json" if run_dir else None
-    return json.loads(path.read_text()) if path and path.is_file() else {}
+    return read_metrics(Path(run_dir)) if run_dir and (Path(run_dir) / "metrics.json").is_file() else {}
 
 
 def _shown(value: Any) -> str:
@@ -124,8 +122,8 @@ def best_checkpoint(sweep_dir: Path) -> Path:
 
 
 def best_test(sweep_dir: Path) -> dict[str, Any] | None:
-    path = sweep_dir / BEST_TEST_DIR / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    path = sweep_dir / BEST_TEST_DIR
+    return read_metrics(path) if (path / "metrics.json").is_file() else None
 
 
 def search_section(sweep_dirs: Sequence[Path]) -> tuple[list[str], list[dict[str, Any]]]:
