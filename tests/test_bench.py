@@ -155,13 +155,17 @@ def test_peers_bench_passes_overrides_to_our_runs(tiny_dataset_dir, tmp_path, ca
         "--seeds",
         "3",
         "audio_encoder=rocket",  # after a many-valued option: still an override
+        "trainer.max_epochs=2",
         "--out",
         str(tmp_path),
     ]
     assert peers.main(args) == 0
     row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| ours,"))
-    assert row.startswith("| ours, experiment=audio_only audio_encoder=rocket, seed=3 | ")
-    metrics = json.loads((tmp_path / "audio_only_audio_encoder-rocket_seed3" / "metrics.json").read_text())
+    assert row.startswith(
+        "| ours, experiment=audio_only audio_encoder=rocket trainer.max_epochs=2, seed=3 | "
+    )
+    run = tmp_path / "audio_only_audio_encoder-rocket_trainer.max_epochs-2_seed3"
+    metrics = json.loads((run / "metrics.json").read_text())
     encoder = read_checkpoint(metrics["best_model_path"])["hyper_parameters"]["audio_encoder"]["_target_"]
     assert encoder == "mmdigits.models.audio.RocketEncoder" and seen and seen[0] > 0
 
@@ -181,7 +185,7 @@ def test_peers_bench_image_side(tiny_dataset_dir, tmp_path, capsys, monkeypatch)
     from mmdigits.models.loading import read_checkpoint
 
     monkeypatch.setenv("MMDIGITS_DATA_DIR", str(tiny_dataset_dir))  # paths.data_dir, the default data.dir
-    args = ["--seeds", "0", "--out", str(tmp_path)]
+    args = ["--seeds", "0", "--out", str(tmp_path), "trainer.max_epochs=2"]
     assert main([*args, "--experiment", "image_only"]) == 0
     out = capsys.readouterr().out
     dm = instantiate(compose(["experiment=image_only", f"data.dir={tiny_dataset_dir}"]).data, _convert_="all")
@@ -193,10 +197,14 @@ def test_peers_bench_image_side(tiny_dataset_dir, tmp_path, capsys, monkeypatch)
     assert int(n) == len(dm.test_set) and float(acc) == pytest.approx(1 - int(wrong) / int(n), abs=5e-5)
     assert float(acc) > 0.5  # images and digits line up: chance is 0.1
     assert f"fit on the {len(dm.train_set) + len(dm.val_set)} images" in peer[4]
-    ours = json.loads((tmp_path / "image_only_seed0" / "metrics.json").read_text())
+    ours = json.loads((tmp_path / "image_only_trainer.max_epochs-2_seed0" / "metrics.json").read_text())
     trained_on = read_checkpoint(ours["best_model_path"])["datamodule_hyper_parameters"]["dir"]
     assert Path(trained_on) == tiny_dataset_dir
-    row = next(r for r in out.splitlines() if r.startswith("| ours, experiment=image_only, seed=0"))
+    row = next(
+        r
+        for r in out.splitlines()
+        if r.startswith("| ours, experiment=image_only trainer.max_epochs=2, seed=0")
+    )
     assert float(row.split(" | ")[1]) == pytest.approx(ours["test/acc"], abs=5e-5)
     assert row.split(" | ")[4] == "whole run: train, validate, test |"
 
