@@ -29,8 +29,8 @@ log = logging.getLogger("mmdigits.evaluate")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Test the checkpoint's model (or the ensemble of a list of checkpoints) on ``cfg.data``'s test split;
-    writes ``metrics.json``."""
+    """Score the checkpoint's model (or the ensemble of a list of checkpoints) on ``cfg.data``'s test split,
+    or with ``split=val`` on the validation part its runs held out; writes ``metrics.json``."""
     start = time.perf_counter()
     L.seed_everything(cfg.get("seed", 0), workers=True)
     split = cfg.get("split", "test")
@@ -53,22 +53,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         metrics = score_ensemble(trainer, models, datamodule.val_dataloader(), prefix="val/")[0]
         if len(models) == 1:
             del metrics["val/member_acc"]
-        metrics["ckpt_path"] = paths if len(paths) > 1 else paths[0]
-        metrics["environment"] = environment()
-        metrics["wall_time_s"] = round(time.perf_counter() - start, 2)
-        write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
-        log.info("validation metrics: %s", {k: v for k, v in metrics.items() if k.startswith("val/")})
-        return metrics
-    if not datamodule.has_test_labels:
-        raise MMDigitsError(f"{cfg.data.dir}: no test labels (match_test.npy), so there is nothing to score")
-    if len(models) > 1:
-        metrics, rows = score_ensemble(trainer, models, datamodule.test_dataloader())
-        atomic_save_npy(Path(cfg.paths.output_dir) / PREDICTIONS_FILE, rows.numpy())
     else:
-        trainer.test(model, datamodule=datamodule)
-        metrics = metrics_to_floats(trainer.callback_metrics)
-        if model.test_predictions is not None:
-            atomic_save_npy(Path(cfg.paths.output_dir) / PREDICTIONS_FILE, model.test_predictions.numpy())
+        metrics = scored_on_test(cfg, trainer, models, datamodule)
     metrics["ckpt_path"] = paths if len(paths) > 1 else paths[0]
     metrics["environment"] = environment()  # where it was scored
     if cfg.get("robustness", False):
@@ -80,11 +66,27 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
         metrics["calibration"] = calibration_report(model, datamodule)
         log.info("calibration: %s", metrics["calibration"])
-    record_data(cfg, model)
+    if split == "test":
+        record_data(cfg, model)
     metrics["wall_time_s"] = round(time.perf_counter() - start, 2)  # an ensemble's: its members' runs apart
     write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
-    log.info("test metrics: %s", {k: v for k, v in metrics.items() if k.startswith("test/")})
+    log.info("%s metrics: %s", split, {k: v for k, v in metrics.items() if k.startswith(f"{split}/")})
     return metrics
+
+
+def scored_on_test(cfg: DictConfig, trainer: L.Trainer, models: list[Any], datamodule: Any) -> dict[str, Any]:
+    """The test metrics of one model (its test stage) or of an ensemble; their predictions are saved."""
+    if not datamodule.has_test_labels:
+        raise MMDigitsError(f"{cfg.data.dir}: no test labels (match_test.npy), so there is nothing to score")
+    out = Path(cfg.paths.output_dir) / PREDICTIONS_FILE
+    if len(models) > 1:
+        metrics, rows = score_ensemble(trainer, models, datamodule.test_dataloader())
+        atomic_save_npy(out, rows.numpy())
+        return metrics
+    trainer.test(models[0], datamodule=datamodule)
+    if models[0].test_predictions is not None:
+        atomic_save_npy(out, models[0].test_predictions.numpy())
+    return metrics_to_floats(trainer.callback_metrics)
 
 
 def record_data(cfg: DictConfig, model: Any) -> None:

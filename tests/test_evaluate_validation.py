@@ -11,7 +11,7 @@ import torch
 
 from mmdigits.errors import CheckpointError, MMDigitsError
 from mmdigits.evaluate import evaluate
-from mmdigits.models.ensemble import row_proba, row_targets, score
+from mmdigits.models.ensemble import row_proba, rows_and_targets, score
 from mmdigits.models.loading import load_model_and_data
 from tests.hydra_utils import compose_cfg
 from tests.test_train import run_train
@@ -67,7 +67,7 @@ def test_an_ensemble_on_validation_scores_the_mean_probability(runs, tiny_datase
         dm.setup("fit")
         trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
         probas.append(row_proba(trainer, model, dm.val_dataloader()))
-        target = row_targets(dm.val_dataloader())
+        target = rows_and_targets(dm.val_dataloader())[1]
     expected = score(model.task, torch.stack(probas).mean(0), target, prefix="val/")
     assert metrics["val/acc"] == pytest.approx(expected["val/acc"], abs=1e-6)
     assert metrics["val/nll"] == pytest.approx(expected["val/nll"], abs=1e-5)

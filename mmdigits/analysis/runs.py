@@ -155,7 +155,7 @@ def load_run(run_dir: Path, root: Path | None = None, members: bool = True) -> d
     choices = ((_yaml(run_dir / ".hydra" / "hydra.yaml") or {}).get("hydra") or {}).get("runtime", {})
     choices = choices.get("choices") or {}
     overrides = _yaml(run_dir / ".hydra" / "overrides.yaml") or []
-    ckpt = checkpoint_path(run_dir, metrics)
+    ckpt, ckpts = checkpoint_path(run_dir, metrics), ensemble_members(metrics)
     try:
         name = str(run_dir.relative_to(root)) if root else run_dir.name
     except ValueError:
@@ -169,7 +169,7 @@ def load_run(run_dir: Path, root: Path | None = None, members: bool = True) -> d
         "task": cfg.get("data.task"),
         "seed": cfg.get("seed"),
         "fold": cfg.get("data.fold") if cfg.get("data.split") == "speaker_folds" else None,
-        "params": count_params(ckpt, ensemble_members(metrics)),
+        "params": count_params(ckpt, ckpts),
         "epochs": metrics.get("epochs"),
         "stopped_by": metrics.get("stopped_by"),
         "wall_time_s": metrics.get("wall_time_s"),
@@ -178,7 +178,6 @@ def load_run(run_dir: Path, root: Path | None = None, members: bool = True) -> d
     row.update({k: metrics.get(k) for k in SHOWN_AS_IS})
     row.update({"dir": str(run_dir), "ckpt": str(ckpt) if ckpt else None, "overrides": " ".join(overrides)})
     row["config"], row["choices"] = cfg, descriptors(choices, overrides)
-    ckpts = ensemble_members(metrics)
     if ckpts:  # an ensemble's evaluation
         row["choices"] = {"ensemble": f"{len(ckpts)} runs"}
         first = Path(ckpts[0]).parent.parent

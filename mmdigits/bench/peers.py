@@ -133,7 +133,12 @@ def ensemble(data_dir: str, members: list[dict[str, Any]], out: Path) -> dict[st
     )
     rates = [r["per_s"] for r in members]
     per_s = 1 / sum(1 / r for r in rates) if all(rates) else None
-    return {"acc": m["test/acc"], "wall_s": wall + sum(r["wall_s"] for r in members), "per_s": per_s}
+    return {
+        "acc": m["test/acc"],
+        "wall_s": wall + sum(r["wall_s"] for r in members),
+        "per_s": per_s,
+        "dir": out,
+    }
 
 
 def _slug(words: Sequence[str]) -> str:
@@ -181,7 +186,7 @@ def compare_on_folds(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             scored = [("runs", f"seed {seed}", members[0])]
             if args.members > 1:
                 out = Path(args.out) / f"ensemble{args.members}_{_slug(over)}_seed{seed}"
-                ens = {**ensemble(str(cfg.data.dir), members, out), "dir": out}
+                ens = ensemble(str(cfg.data.dir), members, out)
                 scored.append((kinds[1], f"ensemble of {args.members} (seed {seed})", ens))
             for kind, name, r in scored:
                 pred = stats.read_predictions(r["dir"])

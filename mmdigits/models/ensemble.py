@@ -60,11 +60,6 @@ def row_proba(trainer: L.Trainer, model: MultimodalModule, loader: Any) -> Tenso
     return torch.cat([o["proba"].float() for o in outputs])[torch.argsort(index)]
 
 
-def row_targets(loader: Any) -> Tensor:
-    """``loader``'s targets in row order."""
-    return rows_and_targets(loader)[1]
-
-
 def rows_and_targets(loader: Any) -> tuple[Tensor, Tensor]:
     """``loader``'s row indices (its pairs' own, sorted) and their targets."""
     batches = list(loader)
